@@ -1,0 +1,176 @@
+"""Backbone resolution: a torchvision model by name with its weights, or any module.
+
+Everything here runs at ``fit`` time; nothing is downloaded unless the user
+asked for pretrained torchvision weights that are not in the torch hub cache.
+"""
+
+import copy
+import difflib
+import os
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The paper's choices (Defard et al. 2020, section 4.1 and table 1).
+_RESNET_LAYERS = ("layer1", "layer2", "layer3")
+_PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
+_RESNET_PREFIXES = ("resnet", "wide_resnet", "resnext")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither in the local cache nor downloadable."""
+
+
+def _classification_models():
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def is_resnet_family(name):
+    return isinstance(name, str) and name.startswith(_RESNET_PREFIXES)
+
+
+def default_layers(backbone):
+    """The paper's layers for ResNet-like names, else None (chosen by probing)."""
+    return _RESNET_LAYERS if is_resnet_family(backbone) else None
+
+
+def default_n_features(backbone):
+    return _PAPER_N_FEATURES.get(backbone) if isinstance(backbone, str) else None
+
+
+def _unknown(kind, value, choices, hint):
+    close = difflib.get_close_matches(str(value), choices, n=3)
+    did = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(f"Unknown {kind} {value!r}.{did} {hint}")
+
+
+def _resolve_enum(name, weights):
+    """Return a torchvision WeightsEnum member, or None for a state_dict path."""
+    import torchvision
+    from torchvision.models import WeightsEnum
+
+    enum_cls = torchvision.models.get_model_weights(name)
+    if isinstance(weights, WeightsEnum):
+        if type(weights) is not enum_cls:
+            raise ValueError(
+                f"The 'weights' parameter {weights} belongs to {type(weights).__name__}, "
+                f"not to backbone {name!r} (expected a member of {enum_cls.__name__})."
+            )
+        return weights
+    members = list(enum_cls.__members__)
+    key = weights.split(".")[-1] if weights.startswith(enum_cls.__name__ + ".") else weights
+    if key in members:
+        return enum_cls[key]
+    if os.path.isfile(weights):
+        return None
+    raise ValueError(
+        f"The 'weights' parameter must be 'DEFAULT', a member of {enum_cls.__name__} "
+        f"({', '.join(members)}), None or the path of a state_dict file; got {weights!r} "
+        "(no such file either)."
+    )
+
+
+def weights_cache_path(weights):
+    """Where torchvision keeps (or would keep) the file of a WeightsEnum member."""
+    filename = os.path.basename(urlparse(weights.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
+def load_state_dict_file(path):
+    """Read a state_dict with ``weights_only=True`` (never runs pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad files
+        raise ValueError(
+            f"Could not read the state_dict file '{path}' given as 'weights': {exc}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(
+            f"The file '{path}' given as 'weights' does not hold a state_dict "
+            "(a mapping of parameter names to tensors)."
+        )
+    return state
+
+
+def _load_into(model, state, source):
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise ValueError(
+            f"The state_dict in {source} does not match the backbone: {' '.join(first)}"
+        ) from None
+
+
+def build_backbone(backbone, weights):
+    """Return ``(module, description)`` for the ``backbone``/``weights`` parameters.
+
+    ``module`` is a fresh module (a deep copy for user modules) on the CPU.
+    ``description`` is a short string for messages and ``repr``.
+    """
+    if isinstance(backbone, nn.Module):
+        model = copy.deepcopy(backbone)
+        if weights is None or (isinstance(weights, str) and weights == "DEFAULT"):
+            return model, type(backbone).__name__
+        if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+            _load_into(model, load_state_dict_file(weights), f"'{os.fspath(weights)}'")
+            return model, type(backbone).__name__
+        raise ValueError(
+            "For a custom module backbone, 'weights' must be 'DEFAULT' or None (use the "
+            f"module's own weights) or the path of a state_dict file; got {weights!r}."
+        )
+    if not isinstance(backbone, str):
+        raise ValueError(
+            "The 'backbone' parameter must be a torchvision model name (e.g. 'resnet18') "
+            f"or a torch.nn.Module instance, got {type(backbone).__name__}."
+        )
+    import torchvision
+
+    names = _classification_models()
+    if backbone not in names:
+        raise _unknown(
+            "backbone", backbone, names,
+            "Expected a torchvision classification model name "
+            "(torchvision.models.list_models(module=torchvision.models)) or an nn.Module.",
+        )
+    if weights is None:
+        return torchvision.models.get_model(backbone, weights=None), backbone
+    if not isinstance(weights, (str, os.PathLike)) and not _is_weights_enum(weights):
+        raise ValueError(
+            "The 'weights' parameter must be 'DEFAULT', a weights enum name or member, "
+            f"None or a state_dict path; got {type(weights).__name__}."
+        )
+    enum = _resolve_enum(backbone, weights if _is_weights_enum(weights) else os.fspath(weights))
+    if enum is None:
+        model = torchvision.models.get_model(backbone, weights=None)
+        _load_into(model, load_state_dict_file(weights), f"'{os.fspath(weights)}'")
+        return model, backbone
+    try:
+        model = torchvision.models.get_model(backbone, weights=enum)
+    except Exception as exc:  # URLError, OSError, RuntimeError (hash), ...
+        cache = weights_cache_path(enum)
+        raise WeightsUnavailableError(
+            f"Could not load the pretrained weights {enum} for backbone {backbone!r}: "
+            f"{type(exc).__name__}: {exc}. torchvision looks for them in the torch hub "
+            f"cache at '{cache}' and downloads them from {enum.url} when missing. "
+            "Fix it in one of three ways: (1) copy that file into the cache (download it "
+            "once on a machine with network access; TORCH_HOME moves the cache), "
+            "(2) pass weights='/path/to/state_dict.pth' pointing at a local copy, or "
+            "(3) pass weights=None for random initialization (tests only: random "
+            "features detect far less)."
+        ) from None
+    return model, backbone
+
+
+def _is_weights_enum(obj):
+    from torchvision.models import WeightsEnum
+
+    return isinstance(obj, WeightsEnum)

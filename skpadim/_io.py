@@ -1,0 +1,236 @@
+"""Image input: validation, decoding and resizing, one batch at a time.
+
+Accepted forms of ``X`` (see :class:`skpadim.PadimDetector`):
+
+* an array of shape (N, H, W) or (N, H, W, C), C in {1, 3, 4};
+* a list of such images (arrays of shape (H, W) or (H, W, C)), sizes may differ;
+* a list of image file paths (``str`` or :class:`os.PathLike`).
+
+Pixels are uint8 in [0, 255] or float in [0, 1]. Grayscale becomes three
+equal channels; the alpha channel of RGBA images is dropped (like Pillow's
+``convert("RGB")``). Nothing is rescaled silently: other dtypes or values
+out of range are errors.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_FLOAT_KINDS = "f"
+_READ_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "La"}
+
+
+def _dtype_hint(dtype):
+    if dtype == np.uint16:
+        return " For 16-bit images divide by 65535 and pass floats, e.g. (X / 65535).astype(np.float32)."
+    if dtype.kind in "iu":
+        return " If the values are 8-bit, convert with X.astype(np.uint8)."
+    return ""
+
+
+def _check_array_image(img, *, where, batched):
+    """Validate one array (a batch if ``batched``); return its channel count."""
+    if img.dtype != np.uint8 and img.dtype.kind not in _FLOAT_KINDS:
+        raise ValueError(
+            f"{where} has dtype {img.dtype}; expected uint8 in [0, 255] or float "
+            f"in [0, 1].{_dtype_hint(img.dtype)}"
+        )
+    lead = 1 if batched else 0
+    if img.ndim not in (2 + lead, 3 + lead):
+        shape = "(N, H, W) or (N, H, W, C)" if batched else "(H, W) or (H, W, C)"
+        hint = ""
+        if batched and img.ndim in (2, 3):
+            hint = " A single image must be passed as a batch of one, e.g. X[None]."
+        raise ValueError(
+            f"{where} must have shape {shape}, got an array of shape {img.shape}.{hint}"
+        )
+    channels = 1 if img.ndim == 2 + lead else img.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"{where} has {channels} channels (shape {img.shape}); expected 1 "
+            "(grayscale), 3 (RGB) or 4 (RGBA, alpha is dropped) in the last axis."
+        )
+    spatial = img.shape[lead : lead + 2]
+    if min(spatial) < 1:
+        raise ValueError(f"{where} has an empty image: shape {img.shape}.")
+    if img.dtype.kind in _FLOAT_KINDS:
+        if not np.all(np.isfinite(img)):
+            raise ValueError(f"{where} contains NaN or infinite pixel values.")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{where} has float pixel values in [{lo:g}, {hi:g}]; expected "
+                "floats in [0, 1] (or uint8 in [0, 255]: convert with X.astype(np.uint8) "
+                "if the values are 8-bit)."
+            )
+    return 1 if channels == 1 else 3
+
+
+def _read_file(path, where):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in _READ_MODES:
+                raise ValueError(
+                    f"{where}: image file '{path}' has mode {im.mode!r} (e.g. 16-bit or "
+                    "float); expected an 8-bit grayscale, RGB or RGBA image. Convert it "
+                    "to 8 bits, or load it yourself and pass a float array in [0, 1]."
+                )
+            im = im.convert("RGB")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(
+            f"{where}: could not read image file '{path}': {exc}. Expected a readable "
+            "image file (PNG, JPEG, BMP, TIFF)."
+        ) from None
+
+
+def _to_tensor(arr, device):
+    """(..., H, W, C) uint8/float numpy -> (..., 3, H, W) float32 in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+    if t.dtype == torch.uint8:
+        t = t.to(torch.float32).div_(255.0)
+    else:
+        t = t.to(torch.float32)
+    t = t.movedim(-1, -3)
+    c = t.shape[-3]
+    if c == 1:
+        t = t.expand(*t.shape[:-3], 3, *t.shape[-2:])
+    elif c == 4:
+        t = t[..., :3, :, :]
+    return t
+
+
+def resize(t, size):
+    """Bilinear (antialiased) resize of (N, C, H, W) to ``size``; no-op if equal."""
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t.contiguous()
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+
+
+class ImageSet:
+    """Validated images, decoded and resized one batch at a time.
+
+    Use :func:`check_images` to build one.
+    """
+
+    def __init__(self, array=None, items=None, n_channels=None):
+        self._array = array
+        self._items = items
+        self.n_channels = n_channels
+
+    def __len__(self):
+        return len(self._array) if self._array is not None else len(self._items)
+
+    def subset(self, index):
+        """The images at positions ``index`` (an int array)."""
+        if self._array is not None:
+            return ImageSet(array=self._array[index], n_channels=self.n_channels)
+        return ImageSet(items=[self._items[i] for i in index], n_channels=self.n_channels)
+
+    @property
+    def reads_files(self):
+        return self._items is not None and any(not isinstance(x, np.ndarray) for x in self._items)
+
+    def _item(self, i):
+        item = self._items[i]
+        if isinstance(item, np.ndarray):
+            return item
+        return _read_file(item, f"X[{i}]")
+
+    def batches(self, batch_size, size, device):
+        """Yield ``(images, sizes)``: a float32 tensor (B, 3, h, w) in [0, 1]
+        resized to ``size`` on ``device``, and the original (H, W) of each."""
+        n = len(self)
+        if self._array is not None:
+            gray = self._array.ndim == 3
+            for start in range(0, n, batch_size):
+                chunk = self._array[start : start + batch_size]
+                t = _to_tensor(chunk[..., None] if gray else chunk, device)
+                yield resize(t, size), [tuple(chunk.shape[1:3])] * len(chunk)
+            return
+        pool = ThreadPoolExecutor(max_workers=2) if self.reads_files else None
+        try:
+            starts = range(0, n, batch_size)
+            pending = None
+            for start in starts:
+                idx = range(start, min(start + batch_size, n))
+                if pool is None:
+                    imgs = [self._item(i) for i in idx]
+                else:
+                    # Decode this batch (and the next one, in the background).
+                    cur = pending if pending is not None else [pool.submit(self._item, i) for i in idx]
+                    nxt = start + batch_size
+                    pending = (
+                        [pool.submit(self._item, i) for i in range(nxt, min(nxt + batch_size, n))]
+                        if nxt < n
+                        else None
+                    )
+                    imgs = [f.result() for f in cur]
+                sizes = [tuple(im.shape[:2]) for im in imgs]
+                tensors = [resize(_to_tensor(im if im.ndim == 3 else im[..., None], device)[None], size)
+                           for im in imgs]
+                yield torch.cat(tensors), sizes
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_images(X, *, name="X"):
+    """Validate ``X`` and return an :class:`ImageSet`.
+
+    Arrays are checked completely here (dtype, shape, NaN, range); file paths
+    are checked for existence here and decoded later, batch by batch.
+    """
+    if isinstance(X, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"{name} must be a list of images or image paths, got the single path "
+            f"{X!r}; wrap it in a list: [{X!r}]."
+        )
+    if isinstance(X, np.ndarray):
+        if X.ndim == 0 or len(X) == 0:
+            raise ValueError(f"{name} is empty: expected at least one image, got shape {X.shape}.")
+        if X.dtype == object:
+            return check_images(list(X), name=name)
+        channels = _check_array_image(X, where=name, batched=True)
+        return ImageSet(array=X, n_channels=channels)
+    if hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
+        return check_images(np.asarray(X), name=name)
+    try:
+        items = list(X)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an array of images, a list of images or a list of image "
+            f"paths, got {type(X).__name__}."
+        ) from None
+    if not items:
+        raise ValueError(f"{name} is empty: expected at least one image.")
+    channels = set()
+    out = []
+    for i, item in enumerate(items):
+        where = f"{name}[{i}]"
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            if not os.path.isfile(path):
+                raise ValueError(f"{where}: image file '{path}' does not exist (or is not a file).")
+            out.append(path)
+        elif isinstance(item, np.ndarray) or hasattr(item, "__array__"):
+            arr = np.asarray(item)
+            channels.add(_check_array_image(arr, where=where, batched=False))
+            out.append(arr)
+        else:
+            raise ValueError(
+                f"{where} must be an image array or a file path, got {type(item).__name__}."
+            )
+    if len(channels) > 1:
+        raise ValueError(
+            f"{name} mixes grayscale and color images; convert them to one channel "
+            "count first (e.g. np.repeat(img[..., None], 3, axis=-1) for grayscale)."
+        )
+    n_channels = channels.pop() if channels and len(out) == sum(isinstance(o, np.ndarray) for o in out) else None
+    return ImageSet(items=out, n_channels=n_channels)
