@@ -110,11 +110,13 @@ def _load_into(model, state, source):
         ) from None
 
 
-def build_backbone(backbone, weights):
+def build_backbone(backbone, weights, seed=0):
     """Return ``(module, description)`` for the ``backbone``/``weights`` parameters.
 
     ``module`` is a fresh module (a deep copy for user modules) on the CPU.
-    ``description`` is a short string for messages and ``repr``.
+    Random initialization (``weights=None``) is seeded with ``seed``, without
+    touching torch's global random state. ``description`` is a short string
+    for messages.
     """
     if isinstance(backbone, nn.Module):
         model = copy.deepcopy(backbone)
@@ -142,7 +144,9 @@ def build_backbone(backbone, weights):
             "(torchvision.models.list_models(module=torchvision.models)) or an nn.Module.",
         )
     if weights is None:
-        return torchvision.models.get_model(backbone, weights=None), backbone
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torchvision.models.get_model(backbone, weights=None), backbone
     if not isinstance(weights, (str, os.PathLike)) and not _is_weights_enum(weights):
         raise ValueError(
             "The 'weights' parameter must be 'DEFAULT', a weights enum name or member, "

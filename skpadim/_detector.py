@@ -19,6 +19,11 @@ from ._malloc import heap_reuse
 from ._maps import anomaly_maps
 from ._persist import restore_state, slim_state, used_state_keys
 
+# Private fitted state, removed by fit (public fitted attributes end with "_").
+_STATE = (
+    "_cache", "_calibration", "_embedding", "_epsilon", "_sigma", "_frozen", "_image_size",
+    "_norm", "_reservoir", "_rng", "_shapes", "_stats", "_taps", "_used_keys",
+)
 # Parameters that define the embedding: they cannot change between partial_fit calls.
 _FROZEN = ("backbone", "layers", "weights", "n_features", "image_size", "normalize")
 
@@ -85,7 +90,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ``"auto"`` picks cuda, then mps, then cpu. Fitted attributes are
         numpy arrays on the CPU whatever the device.
     random_state : int, RandomState instance or None, default=None
-        Seeds the channel subset and the choice of calibration images.
+        Seeds the channel subset, the choice of calibration images and, with
+        ``weights=None``, the random initialization of the backbone (torch's
+        global random state is left alone).
     verbose : bool, default=False
         Show progress bars.
 
@@ -242,7 +249,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     def _initialize(self, images):
         device = _params.resolve_device(self.device)
-        model, _ = build_backbone(self.backbone, self.weights)
+        rng = check_random_state(self.random_state)
+        model, _ = build_backbone(self.backbone, self.weights, seed=rng.randint(2**31 - 1))
         model = model.eval().requires_grad_(False).to(device)
         size = _params.image_size_pair(self.image_size)
         layers = self.layers if self.layers is not None else default_layers(self.backbone)
@@ -257,7 +265,6 @@ class PadimDetector(OutlierMixin, BaseEstimator):
                 f"The 'n_features' parameter of PadimDetector is {n_features}, but layers "
                 f"{list(layers)!r} have only {total} channels; use at most {total}."
             )
-        rng = check_random_state(self.random_state)
         index = random_feature_index(total, n_features, rng)
         embedding = PatchEmbedding(shapes, index, device)
         _check_memory(embedding.n_positions, n_features, device)
@@ -442,7 +449,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     def _reset(self):
         for name in list(vars(self)):
-            if name.endswith("_") or name.startswith("_"):
+            if (name.endswith("_") and not name.startswith("__")) or name in _STATE:
                 delattr(self, name)
 
     def __getstate__(self):

@@ -1,0 +1,42 @@
+import os
+
+import numpy as np
+import pytest
+
+# Small, fast settings: random (seeded) ResNet-18 weights, 32 px images.
+SMALL = dict(weights=None, image_size=32, n_features=20, batch_size=4, random_state=0, device="cpu")
+
+
+def textured(n, size=32, seed=0, channels=3):
+    """Images of one smooth random texture family, uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for _ in range(n):
+        phase = rng.uniform(0, 2 * np.pi, 2)
+        base = 0.5 + 0.2 * np.sin(12 * xx + phase[0]) * np.cos(9 * yy + phase[1])
+        img = base + 0.05 * rng.standard_normal((size, size))
+        out.append(img)
+    X = (np.clip(np.stack(out), 0, 1) * 255).astype(np.uint8)
+    if channels == 3:
+        X = np.repeat(X[..., None], 3, axis=-1)
+        X[..., 1] = X[..., 1] // 2 + 60
+    return X
+
+
+@pytest.fixture(scope="session")
+def images():
+    return textured(24)
+
+
+@pytest.fixture(scope="session")
+def fitted(images):
+    from skpadim import PadimDetector
+
+    return PadimDetector(**SMALL).fit(images)
+
+
+def magnetic_tile_root():
+    here = os.path.dirname(os.path.abspath(__file__))
+    default = os.path.join(here, "..", "..", "shared", "data", "magnetic-tile")
+    return os.environ.get("SKPADIM_MAGNETIC_TILE", default)

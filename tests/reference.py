@@ -1,0 +1,72 @@
+"""A slow, obviously-correct float64 PaDiM, for checking the fast one.
+
+It follows the peers' recipe literally: every layer upsampled (nearest) to
+the first layer's grid, all channels concatenated, then the subset kept; one
+np.cov / np.linalg.inv per position; distances in a Python loop; maps
+upsampled bilinearly and smoothed with scipy.ndimage.gaussian_filter.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+
+def preprocessed(det, X):
+    """The detector's own preprocessing (resize + normalization), float64 numpy."""
+    from skpadim._io import check_images
+
+    images = check_images(X)
+    mean = torch.tensor(det._norm[0]).view(1, 3, 1, 1)
+    std = torch.tensor(det._norm[1]).view(1, 3, 1, 1)
+    return torch.cat([(x - mean) / std for x, _ in images.batches(7, det._image_size, "cpu")])
+
+
+def embeddings(det, X):
+    """(N, d, h, w) float64 embeddings computed the long way."""
+    x = preprocessed(det, X)
+    outputs = {}
+    modules = dict(det.backbone_.named_modules())
+    hooks = [
+        modules[name].register_forward_hook(lambda m, a, o, name=name: outputs.__setitem__(name, o))
+        for name in det.layers_
+    ]
+    with torch.no_grad():
+        det.backbone_(x)  # the whole network, no early stop
+    for h in hooks:
+        h.remove()
+    feats = [outputs[name].double() for name in det.layers_]
+    grid = max((f.shape[-2:] for f in feats), key=lambda s: s[0] * s[1])
+    full = torch.cat([F.interpolate(f, size=grid, mode="nearest") for f in feats], dim=1)
+    return full[:, torch.as_tensor(det.feature_index_)].numpy()
+
+
+def fit_gaussians(E, epsilon):
+    """Per-position mean (P, d) and precision (P, d, d) from (N, d, h, w)."""
+    N, d = E.shape[:2]
+    flat = E.reshape(N, d, -1)
+    means, precisions = [], []
+    for p in range(flat.shape[-1]):
+        x = flat[:, :, p]
+        cov = np.cov(x, rowvar=False, ddof=1) if N > 1 else np.zeros((d, d))
+        cov = cov + epsilon * np.eye(d)
+        means.append(x.mean(0))
+        precisions.append(np.linalg.inv(cov))
+    return np.array(means), np.array(precisions)
+
+
+def maps(E, mean, precision, image_size, sigma):
+    """Smoothed anomaly maps (N, *image_size), float64."""
+    N, d, h, w = E.shape
+    flat = E.reshape(N, d, -1)
+    dist = np.zeros((N, h * w))
+    for i in range(N):
+        for p in range(h * w):
+            diff = flat[i, :, p] - mean[p]
+            dist[i, p] = np.sqrt(max(diff @ precision[p] @ diff, 0.0))
+    up = F.interpolate(
+        torch.from_numpy(dist.reshape(N, 1, h, w)), size=image_size, mode="bilinear", align_corners=False
+    )[:, 0].numpy()
+    if sigma == 0:
+        return up
+    return np.stack([ndimage.gaussian_filter(m, sigma, mode="mirror", truncate=4.0) for m in up])
