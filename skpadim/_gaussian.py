@@ -129,7 +129,9 @@ class GaussianStats:
         for a in range(0, P, _CHUNK):
             b = min(a + _CHUNK, P)
             L = self._cholesky(self._covariance_chunk(a, b, epsilon), epsilon)
-            out[a:b] = torch.cholesky_inverse(L).to(dtype)
+            # cholesky_solve against I: several times faster than cholesky_inverse.
+            eye = torch.eye(d, dtype=L.dtype, device=L.device).expand(b - a, d, d)
+            out[a:b] = torch.cholesky_solve(eye, L).to(dtype)
         return out
 
     def slice(self, a, b):
