@@ -53,7 +53,7 @@ from ._curves import (
     average_precision,
     exact_tally,
     f1_scores,
-    pro_curve,
+    pro_curve as _pro_curve,
     roc_auc,
     truncated_area,
 )
@@ -74,6 +74,7 @@ __all__ = [
     "pixel_average_precision",
     "pixel_f1_max",
     "pixel_optimal_threshold",
+    "pro_curve",
 ]
 
 
@@ -418,8 +419,64 @@ def aupro(masks, maps, fpr_limit=0.3, *, n_bins=None):
             f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}."
         )
     _, _, tally, n_regions = _pixel_tally(masks, maps, n_bins, "aupro", regions=True)
-    fpr, pro = pro_curve(tally, n_regions)
+    fpr, pro = _pro_curve(tally, n_regions)
     return truncated_area(fpr, pro, float(fpr_limit)) / float(fpr_limit)
+
+
+def pro_curve(masks, maps, *, n_bins=None):
+    """Per-region-overlap (PRO) curve: PRO against pixel false-positive rate.
+
+    The curve whose normalized area up to ``fpr_limit`` is :func:`aupro`
+    (same regions, 8-connectivity, same exact or binned thresholds).
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n_images, H, W) or list of 2-D arrays
+        Ground truth, boolean or {0, 1} (1 = anomalous pixel).
+    maps : ndarray of shape (n_images, H, W) or list of 2-D arrays
+        Finite anomaly maps, higher = more anomalous; ``maps[i]`` has the
+        shape of ``masks[i]``.
+    n_bins : int >= 2 or None, default=None
+        None: exact up to 2**22 pixels, else 2**18 bins; an integer
+        always bins (see the module docstring for the error).
+
+    Returns
+    -------
+    fpr : ndarray of shape (n_thresholds + 1,)
+        Fraction of normal pixels with ``map >= thresholds[k]``,
+        non-decreasing from 0 to 1.
+    pro : ndarray of shape (n_thresholds + 1,)
+        Mean over all regions of the fraction of the region's pixels with
+        ``map >= thresholds[k]``, non-decreasing from 0 to 1.
+    thresholds : ndarray of shape (n_thresholds + 1,)
+        Decreasing; ``thresholds[0]`` is ``inf`` (nothing flagged, the point
+        (0, 0)), then one per distinct pixel value (exact) or the lower edge
+        of every non-empty bin (binned).
+
+    See Also
+    --------
+    aupro : The normalized area under this curve up to ``fpr_limit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> masks = np.zeros((1, 2, 3), dtype=bool)
+    >>> masks[0, 0, :2] = True
+    >>> maps = np.array([[[0.9, 0.5, 0.3], [0.1, 0.2, 0.7]]])
+    >>> fpr, pro, thresholds = pro_curve(masks, maps)
+    >>> fpr.tolist()
+    [0.0, 0.0, 0.25, 0.25, 0.5, 0.75, 1.0]
+    >>> pro.tolist()
+    [0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    >>> thresholds.tolist()
+    [inf, 0.9, 0.7, 0.5, 0.3, 0.2, 0.1]
+    """
+    _, _, tally, n_regions = _pixel_tally(
+        masks, maps, n_bins, "pro_curve", regions=True
+    )
+    fpr, pro = _pro_curve(tally, n_regions)
+    thresholds = np.concatenate([[np.inf], tally.thresholds.astype(np.float64)])
+    return fpr, pro, thresholds
 
 
 # --------------------------------------------------------------------------

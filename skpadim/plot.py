@@ -1,0 +1,458 @@
+"""Pictures of detections and of ranking curves, with matplotlib.
+
+matplotlib is an optional dependency (``pip install "skpadim[plot]"``); it is
+imported when a function of this module is called, not when the module is.
+
+- :func:`plot_anomaly_overlay` draws an image, its anomaly map as a
+  semi-transparent heat map, the ground-truth defect outline (green) and the
+  outline of the region above a threshold (red).
+- :func:`plot_detection` does the same for a fitted detector, at the map level
+  where the detector flags an image (``-detector.offset_``).
+- :func:`plot_roc` and :func:`plot_pro` draw the image ROC curve and the
+  pixel per-region-overlap curve, with their areas in the legend.
+
+Every function draws on ``ax`` (or on the current axes, ``plt.gca()``) and
+returns it.  Scores and maps are *anomaly scores*, higher = more anomalous,
+as in :mod:`skpadim.metrics`; see ``docs/conventions.md``.
+"""
+
+import numbers
+import os
+
+import numpy as np
+
+from . import metrics
+from ._curves import truncated_area
+from ._labels import anomaly_labels
+
+__all__ = ["plot_anomaly_overlay", "plot_detection", "plot_pro", "plot_roc"]
+
+#: Outline colours: ground truth, and the region at or above the threshold.
+MASK_COLOR = "lime"
+REGION_COLOR = "red"
+#: Colour map of the anomaly heat map (blue = normal, red = anomalous).
+HEAT_CMAP = "jet"
+# Curves are drawn through at most about this many points.
+_MAX_CURVE_POINTS = 2000
+
+
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "skpadim.plot needs matplotlib, which is not installed; install it with "
+            'pip install "skpadim[plot]" (or pip install matplotlib).'
+        ) from exc
+    return plt
+
+
+def _axes(ax):
+    return _pyplot().gca() if ax is None else ax
+
+
+# --------------------------------------------------------------------------
+# Overlays
+# --------------------------------------------------------------------------
+def _read_image(path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+        return np.asarray(im.convert(mode))
+
+
+def _check_image(image):
+    """Return ``(image for imshow, (H, W), imshow keywords)``."""
+    if isinstance(image, (str, os.PathLike)):
+        image = _read_image(image)
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (1, 3, 4):
+        image = image[..., 0] if image.shape[-1] == 1 else image[..., :3]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
+        raise ValueError(
+            f"image must have shape (H, W) or (H, W, C) with C in {{1, 3, 4}}, got "
+            f"shape {image.shape}. Pass one image, e.g. X[i], not a batch."
+        )
+    if image.dtype == bool or image.dtype.kind not in "uif":
+        raise ValueError(
+            f"image must hold uint8 in [0, 255] or floats in [0, 1], got dtype "
+            f"{image.dtype}."
+        )
+    if image.dtype.kind == "f":
+        if not np.all(np.isfinite(image)):
+            raise ValueError("image contains NaN or infinite pixel values.")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"image has float pixel values in [{lo:g}, {hi:g}]; expected floats "
+                "in [0, 1] (or uint8 in [0, 255])."
+            )
+        vmax = 1.0
+    elif image.dtype != np.uint8:
+        raise ValueError(
+            f"image must hold uint8 in [0, 255] or floats in [0, 1], got dtype "
+            f"{image.dtype}; convert 8-bit values with image.astype(np.uint8)."
+        )
+    else:
+        vmax = 255
+    kwargs = {"cmap": "gray", "vmin": 0, "vmax": vmax} if image.ndim == 2 else {}
+    return image, image.shape[:2], kwargs
+
+
+def _check_map(anomaly_map, image_shape):
+    amap = np.asarray(anomaly_map)
+    if amap.ndim == 3 and amap.shape[0] == 1:
+        hint = " Pass one map, e.g. maps[i] (or maps[0]), not a batch."
+    else:
+        hint = ""
+    if amap.ndim != 2 or amap.shape != tuple(image_shape):
+        raise ValueError(
+            f"anomaly_map has shape {amap.shape} but image has shape "
+            f"{tuple(image_shape)} (height, width); the map must have the image's "
+            f"height and width.{hint}"
+        )
+    if amap.dtype == bool or amap.dtype.kind not in "uif":
+        raise ValueError(f"anomaly_map must hold real numbers, got dtype {amap.dtype}.")
+    if not np.all(np.isfinite(amap)):
+        raise ValueError("anomaly_map contains NaN or infinite values.")
+    return amap.astype(np.float64, copy=False)
+
+
+def _check_mask(mask, image_shape):
+    if isinstance(mask, (str, os.PathLike)):
+        mask = _read_image(mask)
+        mask = (mask if mask.ndim == 2 else mask.mean(axis=-1)) > 127
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape != tuple(image_shape):
+        raise ValueError(
+            f"mask has shape {mask.shape} but image has shape {tuple(image_shape)} "
+            "(height, width); the mask must have the image's height and width."
+        )
+    if mask.dtype != bool:
+        if mask.dtype.kind not in "uif" or np.any((mask != 0) & (mask != 1)):
+            raise ValueError(
+                "mask must be boolean or hold only 0 (normal) and 1 (anomalous)."
+            )
+        mask = mask == 1
+    return mask
+
+
+def _check_real(value, name):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def _outline(ax, region, color, linestyle="solid"):
+    """Contour of a boolean region, closed along the image border."""
+    if not region.any():
+        return None
+    h, w = region.shape
+    padded = np.pad(region, 1).astype(np.float32)
+    xs, ys = np.arange(-1, w + 1), np.arange(-1, h + 1)
+    return ax.contour(
+        xs, ys, padded, levels=[0.5], colors=[color], linewidths=1.5,
+        linestyles=linestyle,
+    )
+
+
+def plot_anomaly_overlay(
+    image,
+    anomaly_map,
+    mask=None,
+    *,
+    threshold=None,
+    ax=None,
+    alpha=0.5,
+    vmin=None,
+    vmax=None,
+    title=None,
+):
+    """Draw an image with its anomaly map, defect outline and flagged region.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W) or (H, W, C), or path
+        uint8 in [0, 255] or floats in [0, 1]; grayscale, RGB or RGBA (the
+        alpha channel is ignored).  A path is read with Pillow.
+    anomaly_map : ndarray of shape (H, W)
+        Anomaly scores of the pixels (higher = more anomalous), e.g.
+        ``detector.anomaly_map(X)[i]``; same height and width as ``image``.
+    mask : ndarray of shape (H, W) or path, default=None
+        Ground truth, boolean or {0, 1} (1 = defect); drawn as a green
+        outline.  A path is read as a mask image (pixel > 127 = defect).
+    threshold : float, default=None
+        Map level; the pixels with ``anomaly_map >= threshold`` are outlined
+        in red.  ``-detector.offset_`` is the level at which the detector
+        flags an image (see :func:`plot_detection`).
+    ax : matplotlib Axes, default=None
+        Where to draw; the current axes when None.
+    alpha : float in [0, 1], default=0.5
+        Opacity of the heat map.
+    vmin, vmax : float, default=None
+        Map values drawn in the coldest and hottest colours; by default the
+        map's own range.  Pass the same values to compare several images.
+    title : str, default=None
+        Axes title.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        With two images (the picture, then the heat map: ``ax.images[-1]``,
+        e.g. for ``plt.colorbar(ax.images[-1], ax=ax)``), one contour set per
+        non-empty outline and, when ``mask`` or ``threshold`` is given, a
+        legend naming the outline colours, below the picture.
+
+    Notes
+    -----
+    The detector's anomaly maps are computed at its ``image_size`` and then
+    resized to each image's own size; resizing can lower the map's peak a
+    little, so an image whose score is just above the threshold may show no
+    red region.  The detector's decision is :meth:`predict`'s, on the score.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> import matplotlib.pyplot as plt
+    >>> from skpadim.plot import plot_anomaly_overlay
+    >>> image = np.full((32, 32), 0.5)
+    >>> amap = np.zeros((32, 32))
+    >>> amap[8:16, 8:16] = 5.0
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_anomaly_overlay(image, amap, amap > 0, threshold=2.0, ax=ax)
+    >>> len(ax.images), [t.get_text() for t in ax.get_legend().get_texts()]
+    (2, ['defect (ground truth)', 'map ≥ 2 (flagged)'])
+    >>> plt.close(fig)
+    """
+    image, shape, image_kwargs = _check_image(image)
+    amap = _check_map(anomaly_map, shape)
+    if mask is not None:
+        mask = _check_mask(mask, shape)
+    if threshold is not None:
+        threshold = _check_real(threshold, "threshold")
+    alpha = _check_real(alpha, "alpha")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
+    ax = _axes(ax)
+    ax.imshow(image, **image_kwargs)
+    ax.imshow(amap, cmap=HEAT_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
+    handles = []
+    if mask is not None:
+        from matplotlib.lines import Line2D
+
+        _outline(ax, mask, MASK_COLOR)
+        handles.append(Line2D([], [], color=MASK_COLOR, lw=1.5, label="defect (ground truth)"))
+    if threshold is not None:
+        from matplotlib.lines import Line2D
+
+        _outline(ax, amap >= threshold, REGION_COLOR)
+        handles.append(
+            Line2D([], [], color=REGION_COLOR, lw=1.5, label=f"map ≥ {threshold:.3g} (flagged)")
+        )
+    if handles:
+        # Below the picture, so that it hides no part of it.
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                  ncol=len(handles), fontsize="x-small", frameon=False,
+                  handlelength=1.5, columnspacing=1.0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def plot_detection(detector, image, mask=None, ax=None, *, alpha=0.5, vmin=None, vmax=None):
+    """Overlay a fitted detector's anomaly map and decision on one image.
+
+    Computes ``detector.anomaly_map`` and ``detector.score_samples`` of the
+    image and calls :func:`plot_anomaly_overlay` with
+    ``threshold = -detector.offset_``: ``predict`` flags an image when
+    ``score_samples < offset_``, i.e. when the maximum of its anomaly map
+    exceeds ``-offset_``.  The title gives the decision and the score.
+
+    Parameters
+    ----------
+    detector : fitted PadimDetector
+        Or any detector with ``anomaly_map``, ``score_samples`` and
+        ``offset_`` in the same conventions.
+    image : ndarray of shape (H, W) or (H, W, C), or path
+        One image, as accepted by the detector.
+    mask : ndarray of shape (H, W) or path, default=None
+        Ground truth (1 = defect), drawn as a green outline.
+    ax : matplotlib Axes, default=None
+        Where to draw; the current axes when None.
+    alpha, vmin, vmax : see :func:`plot_anomaly_overlay`.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+    """
+    if not hasattr(detector, "offset_"):
+        from sklearn.exceptions import NotFittedError
+
+        raise NotFittedError(
+            f"This {type(detector).__name__} instance is not fitted yet (it has no "
+            "offset_); call fit before plot_detection."
+        )
+    if isinstance(image, (str, os.PathLike)):
+        batch, shown = [image], _read_image(image)
+    else:
+        shown = np.asarray(image)
+        batch = shown[None]
+    amap = np.asarray(detector.anomaly_map(batch)[0])
+    score = -float(detector.score_samples(batch)[0])
+    threshold = -float(detector.offset_)
+    flagged = score > threshold  # predict: score_samples < offset_
+    verdict = "anomalous" if flagged else "normal"
+    sign = ">" if flagged else "≤"
+    title = f"{verdict}: score {score:.3g} {sign} threshold {threshold:.3g}"
+    return plot_anomaly_overlay(
+        shown, amap, mask, threshold=threshold, ax=ax, alpha=alpha, vmin=vmin,
+        vmax=vmax, title=title,
+    )
+
+
+# --------------------------------------------------------------------------
+# Curves
+# --------------------------------------------------------------------------
+def _thin(x, y, x_max):
+    """Indices of at most ~_MAX_CURVE_POINTS points of a curve with x up to x_max."""
+    n = int(np.searchsorted(x, x_max, side="right"))
+    if n <= _MAX_CURVE_POINTS:
+        return np.arange(n)
+    grid = np.linspace(x[0], x[n - 1], _MAX_CURVE_POINTS)
+    idx = np.searchsorted(x[:n], grid, side="right") - 1
+    return np.unique(np.concatenate([[0], idx, [n - 1]]))
+
+
+def _legend_label(label, metric_text):
+    return metric_text if label is None else f"{label} ({metric_text})"
+
+
+def plot_roc(y_true, scores, *, ax=None, label=None):
+    """Draw the ROC curve of image anomaly scores, AUROC in the legend.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_images,)
+        1 (or -1) = anomalous, 0 (or +1) = normal; both classes must occur.
+    scores : array-like of shape (n_images,)
+        Anomaly scores, higher = more anomalous, e.g.
+        ``-detector.score_samples(X)``.
+    ax : matplotlib Axes, default=None
+        Where to draw; the current axes when None.  Call again on the same
+        axes to compare detectors.
+    label : str, default=None
+        Curve name; the legend reads ``"label (AUROC = 0.975)"``.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        Limits [0, 1] x [0, 1]; the curve is ``ax.lines[-1]``.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import matplotlib.pyplot as plt
+    >>> from skpadim.plot import plot_roc
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_roc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], ax=ax, label="toy")
+    >>> ax.get_legend().get_texts()[0].get_text()
+    'toy (AUROC = 0.750)'
+    >>> plt.close(fig)
+    """
+    from sklearn.metrics import roc_curve
+
+    auroc = metrics.image_auroc(y_true, scores)  # validates y_true and scores
+    is_anomaly = anomaly_labels(y_true, name="y_true")
+    fpr, tpr, _ = roc_curve(is_anomaly, np.asarray(scores, dtype=np.float64))
+    ax = _axes(ax)
+    if not any(line.get_gid() == "chance" for line in ax.lines):
+        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="_chance", gid="chance")
+    ax.plot(fpr, tpr, lw=2, clip_on=False,
+            label=_legend_label(label, f"AUROC = {auroc:.3f}"))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate (normal images flagged)")
+    ax.set_ylabel("True positive rate (defective images flagged)")
+    ax.set_title("Image-level ROC")
+    ax.legend(loc="lower right")
+    return ax
+
+
+def plot_pro(masks, maps, *, fpr_limit=0.3, ax=None, label=None, n_bins=None):
+    """Draw the per-region-overlap curve up to ``fpr_limit``, AUPRO in the legend.
+
+    Parameters
+    ----------
+    masks : ndarray of shape (n_images, H, W) or list of 2-D arrays
+        Ground truth, boolean or {0, 1} (1 = anomalous pixel).
+    maps : ndarray of shape (n_images, H, W) or list of 2-D arrays
+        Anomaly maps, higher = more anomalous; ``maps[i]`` has the shape of
+        ``masks[i]``.
+    fpr_limit : float in (0, 1], default=0.3
+        Right end of the x axis and upper integration limit of the AUPRO.
+    ax : matplotlib Axes, default=None
+        Where to draw; the current axes when None.
+    label : str, default=None
+        Curve name; the legend reads ``"label (AUPRO@0.3 = 0.912)"``.
+    n_bins : int >= 2 or None, default=None
+        As in :func:`skpadim.metrics.pro_curve`.
+
+    Returns
+    -------
+    ax : matplotlib Axes
+        Limits [0, fpr_limit] x [0, 1]; the curve is ``ax.lines[-1]``.  The
+        AUPRO is :func:`skpadim.metrics.aupro` (computed from the same curve).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import numpy as np
+    >>> import matplotlib.pyplot as plt
+    >>> from skpadim.plot import plot_pro
+    >>> masks = np.zeros((2, 8, 8), dtype=bool)
+    >>> masks[1, 2:5, 2:5] = True
+    >>> maps = masks + 0.001 * np.arange(64).reshape(8, 8)  # defects score highest
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_pro(masks, maps, ax=ax)
+    >>> ax.get_legend().get_texts()[0].get_text()
+    'AUPRO@0.3 = 1.000'
+    >>> plt.close(fig)
+    """
+    if (
+        isinstance(fpr_limit, (bool, np.bool_))
+        or not isinstance(fpr_limit, numbers.Real)
+        or not 0 < fpr_limit <= 1
+    ):
+        raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}.")
+    fpr_limit = float(fpr_limit)
+    fpr, pro, _ = metrics.pro_curve(masks, maps, n_bins=n_bins)
+    value = truncated_area(fpr, pro, fpr_limit) / fpr_limit
+    keep = _thin(fpr, pro, fpr_limit)
+    x, y = fpr[keep], pro[keep]
+    end = keep[-1] + 1
+    if x[-1] < fpr_limit and end < fpr.size:  # interpolate the point at fpr_limit
+        frac = (fpr_limit - fpr[end - 1]) / (fpr[end] - fpr[end - 1])
+        x = np.append(x, fpr_limit)
+        y = np.append(y, pro[end - 1] + frac * (pro[end] - pro[end - 1]))
+    ax = _axes(ax)
+    ax.plot(x, y, lw=2, clip_on=False,
+            label=_legend_label(label, f"AUPRO@{fpr_limit:g} = {value:.3f}"))
+    ax.set_xlim(0, fpr_limit)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("False positive rate (normal pixels flagged)")
+    ax.set_ylabel("Per-region overlap (mean fraction of each defect flagged)")
+    ax.set_title("Pixel-level PRO curve")
+    ax.legend(loc="lower right")
+    return ax

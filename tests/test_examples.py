@@ -1,0 +1,98 @@
+"""Run the example scripts end to end, in subprocesses, and check what they print."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import magnetic_tile_root
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def run_example(name, *args, cwd, timeout=300):
+    env = dict(os.environ, MPLBACKEND="Agg")
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, (
+        f"examples/{name} exited with status {proc.returncode}.\n"
+        f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def metric(name, output):
+    """The value printed on the line ``<name>: <value>``, checked to be in [0, 1]."""
+    found = re.findall(rf"^{re.escape(name)}: ([-+0-9.naif]+)", output, flags=re.M)
+    assert len(found) == 1, f"expected one line '{name}: <value>' in:\n{output}"
+    value = float(found[0])
+    assert 0.0 <= value <= 1.0, f"{name} = {value} is not in [0, 1]"
+    return value
+
+
+def test_quickstart(tmp_path):
+    out = run_example("quickstart.py", cwd=tmp_path)
+    assert metric("Image AUROC", out) > 0.9
+    assert metric("Pixel AUROC", out) > 0.9
+
+
+def test_grid_search(tmp_path):
+    out = run_example("grid_search.py", cwd=tmp_path)
+    assert "GridSearchCV: 4 candidates x 3 folds" in out
+    rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+([0-9.]+) \+- ([0-9.]+)\s+([0-9.]+)", out, flags=re.M)
+    assert len(rows) == 4, out
+    means = [float(r[2]) for r in rows]
+    assert all(0.0 <= m <= 1.0 for m in means)
+    assert means == sorted(means, reverse=True)  # printed best first
+    best = re.search(r"Best parameters: \{'image_size': (\d+), 'n_features': (\d+)\}", out)
+    assert best is not None and best.groups() == rows[0][:2], out
+    assert metric("Test image AUROC", out) > 0.8
+    counts = re.findall(r"defective:\s+(\d+) flagged \(TP\),\s+(\d+) missed \(FN\)\n"
+                        r"\s+good:\s+(\d+) flagged \(FP\),\s+(\d+) passed \(TN\)", out)
+    assert len(counts) == 2, out  # before and after calibrate_threshold
+    for tp, fn, fp, tn in counts:
+        assert int(tp) + int(fn) == 40 and int(fp) + int(tn) == 40
+
+
+@pytest.fixture
+def magnetic_tile_dir():
+    if os.environ.get("SKPADIM_SKIP_REALDATA") == "1":
+        pytest.skip("SKPADIM_SKIP_REALDATA=1: real-data tests skipped.")
+    root = Path(magnetic_tile_root()).resolve()
+    if not (root / "MT_Free" / "Imgs").is_dir():
+        pytest.fail(
+            f"Magnetic Tile data set not found at '{root}' (no MT_Free/Imgs folder). "
+            "Set SKPADIM_MAGNETIC_TILE to its folder, or SKPADIM_SKIP_REALDATA=1 to "
+            "skip the real-data tests."
+        )
+    return root
+
+
+@pytest.mark.realdata
+def test_magnetic_tile(magnetic_tile_dir, tmp_path):
+    out_dir = tmp_path / "pictures"
+    out = run_example(
+        "magnetic_tile.py", magnetic_tile_dir, "--out", out_dir,
+        "--n-train", 60, "--n-test", 60, "--image-size", 128, cwd=tmp_path,
+    )
+    assert "Data: 60 good training tiles; test 60 tiles" in out
+    image_auroc = metric("Image AUROC", out)
+    metric("Pixel AUROC", out)
+    metric("AUPRO (FPR <= 0.3)", out)
+    if "Backbone: EfficientNet-Lite0" in out:  # real ImageNet features
+        assert image_auroc > 0.6
+    expected = {
+        "most_anomalous_defects.png", "least_anomalous_defects.png",
+        "most_anomalous_good.png", "least_anomalous_good.png", "roc.png", "pro.png",
+    }
+    assert {p.name for p in out_dir.iterdir()} == expected
+    for name in expected:
+        data = (out_dir / name).read_bytes()
+        assert data[:8] == PNG_SIGNATURE and len(data) > 10_000, name
+        assert f"Saved {out_dir / name}" in out
