@@ -1,11 +1,29 @@
 """skpadim: PaDiM anomaly detection and localization as a scikit-learn estimator.
 
-The main entry point is :class:`PadimDetector`.
+The main entry point is :class:`PadimDetector`; :mod:`skpadim.metrics`,
+:mod:`skpadim.datasets` and :mod:`skpadim.plot` hold the tools around it.
+Submodules are imported on first use, so ``import skpadim`` (and the
+command line's ``--help``) does not pay for importing torch.
 """
 
-from . import datasets, metrics
-from ._detector import PadimDetector
+import importlib
 
 __version__ = "0.1.0"
 
 __all__ = ["PadimDetector", "datasets", "metrics", "__version__"]
+
+_SUBMODULES = {"datasets", "metrics", "plot", "cli"}
+
+
+def __getattr__(name):
+    if name == "PadimDetector":
+        from ._detector import PadimDetector
+
+        return PadimDetector
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'skpadim' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
