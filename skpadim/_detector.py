@@ -1,5 +1,7 @@
 """PadimDetector: PaDiM (Defard et al. 2020) as a scikit-learn outlier detector."""
 
+import contextlib
+import copy
 import warnings
 
 import numpy as np
@@ -286,22 +288,29 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self._stats = GaussianStats.empty(embedding.n_positions, n_features, _stats_device(device))
 
     def _fit_images(self, images, first):
-        self._epsilon, self._sigma = float(self.epsilon), float(self.sigma)
+        # Transactional: the new images go into fresh statistics, a copy of the
+        # reservoir and of the random state; the old statistics are merged into
+        # the new ones (never the reverse), and the detector's state is only
+        # replaced at the end. A failure or interruption leaves it unchanged.
+        epsilon, sigma = float(self.epsilon), float(self.sigma)
         stats = self._stats if first else GaussianStats.empty(*self._stats.shape, self._stats.outer.device)
         reservoir = self._reservoir.copy()
+        rng = self._rng if first else copy.deepcopy(self._rng)
         seen = self._stats.n
-        with heap_reuse(), torch.inference_mode():
+        with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
             for emb, _ in self._embeddings(images, desc="fit"):
-                reservoir.offer(emb, seen, self._rng)
+                reservoir.offer(emb, seen, rng)
                 seen += emb.shape[-1]
                 stats.update(emb.to(stats.outer.device))
             if not first:
-                stats = self._stats.combine(stats)
+                stats = stats.combine(self._stats)
             mean = stats.mean()
-            precision = stats.precision(self._epsilon)
-            scores = self._calibration_scores(stats, reservoir)
+            precision = stats.precision(epsilon)
+            scores = self._calibration_scores(stats, reservoir, epsilon, sigma)
+        self._epsilon, self._sigma = epsilon, sigma
         self._stats = stats
         self._reservoir = reservoir
+        self._rng = rng
         self.mean_ = mean.cpu().numpy()
         self.precision_ = precision.cpu().numpy()
         self.n_samples_seen_ = stats.n
@@ -309,7 +318,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.offset_ = offset_from_scores(scores, self.contamination)
         self._cache = None
 
-    def _calibration_scores(self, stats, reservoir):
+    def _calibration_scores(self, stats, reservoir, epsilon, sigma):
         """Anomaly scores (score_samples convention) of held-out calibration images."""
         emb, held_out = reservoir.held_out(stats.n)
         emb = emb.to(stats.outer.device)
@@ -317,9 +326,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         if held_out:
             remove = GaussianStats.empty(*stats.shape, stats.outer.device)
             remove.update(emb.clone())
-        dist = stats.distances_of(emb, self._epsilon, remove=remove)  # (P, k)
+        dist = stats.distances_of(emb, epsilon, remove=remove)  # (P, k)
         dist = dist.T.float().reshape(-1, *self.feature_map_shape_).to(self.device_)
-        maps = anomaly_maps(dist, self._image_size, self._sigma)
+        maps = anomaly_maps(dist, self._image_size, sigma)
         return -maps.amax(dim=(1, 2)).double().cpu().numpy()
 
     # -------------------------------------------------------------- predict
@@ -395,7 +404,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self._check_channels(images)
         mean, precision = self._torch_stats()
         h, w = self.feature_map_shape_
-        with heap_reuse(), torch.inference_mode():
+        with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
             for emb, sizes in self._embeddings(images, desc=desc):
                 dist = mahalanobis(emb, mean, precision).reshape(-1, h, w)
                 yield anomaly_maps(dist, self._image_size, self._sigma), sizes
@@ -458,6 +467,40 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def __setstate__(self, state):
         super().__setstate__(restore_state(state, self))
 
+    def save(self, path):
+        """Write the fitted detector to ``path`` without pickle (see :meth:`load`).
+
+        One file (a zip of ``.npy`` arrays and a JSON config with SHA-256
+        hashes), written atomically; see docs/safety.md.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        from ._safe_io import save
+
+        save(self, path)
+
+    @classmethod
+    def load(cls, path, backbone=None):
+        """Read a detector written by :meth:`save`; never runs code from the file.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        backbone : torch.nn.Module, default=None
+            Required when the detector was fitted with a custom module: an
+            instance of the same architecture (the saved weights are loaded
+            into a copy of it). Must be None for torchvision backbones.
+
+        Returns
+        -------
+        detector : PadimDetector
+        """
+        from ._safe_io import load
+
+        return load(cls, path, backbone=backbone)
+
 
 def _equal(a, b):
     try:
@@ -503,3 +546,28 @@ def _check_memory(n_positions, n_features, device):
             f"{device.type} device has ({available / 2**30:.1f} GiB). Lower n_features "
             "(the paper uses 100 for resnet18 and 550 for wide_resnet50_2) or image_size."
         )
+
+
+class DeviceOutOfMemoryError(MemoryError):
+    """The accelerator ran out of memory while processing a batch of images."""
+
+
+_OOM_TYPES = tuple(
+    {getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)} - {None}
+)
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(est):
+    """Re-raise the device's out-of-memory errors as a MemoryError saying what to lower."""
+    try:
+        yield
+    except _OOM_TYPES as exc:
+        n_features = len(getattr(est, "feature_index_", ())) or est.n_features
+        raise DeviceOutOfMemoryError(
+            f"Out of memory on {getattr(est, 'device_', est.device)} while processing a batch "
+            f"of batch_size={est.batch_size} images (image_size={est.image_size!r}, "
+            f"n_features={n_features}). Use a smaller batch_size, e.g. "
+            f"batch_size={max(1, est.batch_size // 2)}; if even batch_size=1 fails, lower "
+            f"image_size or n_features. ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from exc

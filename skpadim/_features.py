@@ -101,7 +101,33 @@ def probe_shapes(taps, image_size, device):
                 f"image_size={tuple(image_size)} is too small for layer {name!r}: its "
                 f"feature map would be {c}x{h}x{w}. Use a larger image_size."
             )
+    if any(min(h, w) == 1 for _, h, w in shapes):
+        _check_not_collapsed(taps, image_size, device)
     return shapes
+
+
+def _check_not_collapsed(taps, image_size, device, probe=256):
+    """Refuse an image_size smaller than a layer's stride.
+
+    Padding keeps such a layer's map at 1 x 1 however small the image is, so
+    it would hold little but padding. The stride is measured at ``probe`` px.
+    """
+    try:
+        with torch.inference_mode():
+            feats = taps(torch.zeros(1, 3, probe, probe, device=device))
+    except (RuntimeError, ValueError):  # a module that only takes its own size
+        return
+    strides = {name: (probe / f.shape[-2], probe / f.shape[-1]) for name, f in zip(taps.layers, feats)}
+    name = max(strides, key=lambda n: strides[n][0] * strides[n][1])
+    stride = strides[name]
+    if image_size[0] < 0.99 * stride[0] or image_size[1] < 0.99 * stride[1]:
+        need = tuple(int(np.ceil(s)) for s in stride)
+        raise ValueError(
+            f"image_size={tuple(image_size)} is too small for layer {name!r}, which "
+            f"downsamples by {stride[0]:g} x {stride[1]:g}: its feature map collapses "
+            f"to 1 x 1 and holds mostly padding. Use an image_size of at least {need} "
+            "(224 matches ImageNet training) or earlier layers."
+        )
 
 
 def auto_layers(model, device, image_size=(224, 224)):

@@ -6,10 +6,16 @@ Accepted forms of ``X`` (see :class:`skpadim.PadimDetector`):
 * a list of such images (arrays of shape (H, W) or (H, W, C)), sizes may differ;
 * a list of image file paths (``str`` or :class:`os.PathLike`).
 
-Pixels are uint8 in [0, 255] or float in [0, 1]. Grayscale becomes three
-equal channels; the alpha channel of RGBA images is dropped (like Pillow's
-``convert("RGB")``). Nothing is rescaled silently: other dtypes or values
-out of range are errors.
+Pixels are uint8 in [0, 255] or finite floats in [0, 1]. Grayscale becomes
+three equal channels; the alpha channel of RGBA images is dropped (like
+Pillow's ``convert("RGB")``). Nothing is rescaled silently: other dtypes
+(uint16, bool, int, ...) or values out of range are errors that say how to
+convert. A 3-D array is read as N grayscale images (N, H, W) only when its
+last axis is longer than 4: a last axis of 1 to 4 is what a single (H, W, C)
+image looks like, so such an array is refused (pass ``X[None]`` for one
+image, ``X[..., None]`` for grayscale images at most 4 pixels wide). Every
+error is a ValueError naming ``X`` (or ``X[i]``, or the file), the value
+found and what was expected.
 """
 
 import os
@@ -20,15 +26,55 @@ import torch
 import torch.nn.functional as F
 
 _FLOAT_KINDS = "f"
+_TORCH_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _READ_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "La"}
 
 
 def _dtype_hint(dtype):
     if dtype == np.uint16:
         return " For 16-bit images divide by 65535 and pass floats, e.g. (X / 65535).astype(np.float32)."
+    if dtype.kind == "b":
+        return " For binary images pass X.astype(np.uint8) * 255 (or X.astype(np.float32))."
     if dtype.kind in "iu":
         return " If the values are 8-bit, convert with X.astype(np.uint8)."
     return ""
+
+
+def _first_bad(mask, batched):
+    """' (first in image i)' for a boolean mask over a batch, else ''."""
+    if not batched:
+        return ""
+    bad = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    return f" ({len(bad)} image(s), the first is image {bad[0]})"
+
+
+def _check_range(img, where, batched):
+    finite = np.isfinite(img)
+    if not finite.all():
+        n_nan = int(np.isnan(img).sum())
+        raise ValueError(
+            f"{where} contains {n_nan} NaN and {int((~finite).sum()) - n_nan} infinite pixel "
+            f"value(s){_first_bad(~finite, batched)}; expected finite floats in [0, 1]."
+        )
+    lo, hi = float(img.min()), float(img.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return
+    if lo >= 0.0 and hi <= 255.0 and np.array_equal(img, np.round(img)):
+        hint = (
+            "These look like 8-bit values stored as floats: pass X.astype(np.uint8), "
+            "or X / 255 for floats in [0, 1]."
+        )
+    elif lo < 0.0 and lo >= -3.0 and hi <= 3.0:
+        hint = (
+            "Negative values suggest already normalized images: pass the raw images in "
+            "[0, 1]; normalization is the 'normalize' parameter's job."
+        )
+    else:
+        hint = "Rescale them to [0, 1] (or pass uint8 in [0, 255])."
+    raise ValueError(
+        f"{where} has float pixel values in [{lo:g}, {hi:g}]; expected floats in "
+        f"[0, 1] (or uint8 in [0, 255]). {hint}"
+    )
 
 
 def _check_array_image(img, *, where, batched):
@@ -42,31 +88,45 @@ def _check_array_image(img, *, where, batched):
     if img.ndim not in (2 + lead, 3 + lead):
         shape = "(N, H, W) or (N, H, W, C)" if batched else "(H, W) or (H, W, C)"
         hint = ""
-        if batched and img.ndim in (2, 3):
-            hint = " A single image must be passed as a batch of one, e.g. X[None]."
+        if batched and img.ndim == 2:
+            hint = " A single grayscale image must be passed as a batch of one, e.g. X[None]."
         raise ValueError(
             f"{where} must have shape {shape}, got an array of shape {img.shape}.{hint}"
         )
+    if batched and img.ndim == 3 and img.shape[-1] <= 4:
+        raise ValueError(
+            f"{where} has shape {img.shape}, which looks like a single (H, W, C) image, "
+            "not a batch of (N, H, W) grayscale images. Pass a single image as a batch "
+            "of one, e.g. X[None] (shape (1, H, W, C)); grayscale images at most 4 "
+            "pixels wide need an explicit channel axis, X[..., None]."
+        )
     channels = 1 if img.ndim == 2 + lead else img.shape[-1]
     if channels not in (1, 3, 4):
+        hint = ""
+        if img.ndim == 3 + lead and img.shape[lead] in (1, 3, 4):
+            axes = "(0, 2, 3, 1)" if batched else "(1, 2, 0)"
+            hint = f" Channels-first (C, H, W) images need X.transpose{axes}."
         raise ValueError(
             f"{where} has {channels} channels (shape {img.shape}); expected 1 "
-            "(grayscale), 3 (RGB) or 4 (RGBA, alpha is dropped) in the last axis."
+            "(grayscale), 3 (RGB) or 4 (RGBA, alpha is dropped) in the last axis." + hint
         )
     spatial = img.shape[lead : lead + 2]
     if min(spatial) < 1:
-        raise ValueError(f"{where} has an empty image: shape {img.shape}.")
+        raise ValueError(f"{where} has an empty image: shape {img.shape}; expected H, W >= 1.")
     if img.dtype.kind in _FLOAT_KINDS:
-        if not np.all(np.isfinite(img)):
-            raise ValueError(f"{where} contains NaN or infinite pixel values.")
-        lo, hi = float(img.min()), float(img.max())
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"{where} has float pixel values in [{lo:g}, {hi:g}]; expected "
-                "floats in [0, 1] (or uint8 in [0, 255]: convert with X.astype(np.uint8) "
-                "if the values are 8-bit)."
-            )
+        _check_range(img, where, batched)
     return 1 if channels == 1 else 3
+
+
+def _as_array(item, where):
+    try:
+        return np.asarray(item)
+    except Exception as exc:  # e.g. CUDA tensors, tensors requiring grad
+        raise ValueError(
+            f"{where} ({type(item).__name__}) could not be converted to a numpy array "
+            f"({exc}); pass numpy arrays of shape (H, W[, C]), e.g. tensor.cpu().numpy() "
+            "with the channels last."
+        ) from None
 
 
 def _read_file(path, where):
@@ -83,7 +143,7 @@ def _read_file(path, where):
                 )
             im = im.convert("RGB")
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(
             f"{where}: could not read image file '{path}': {exc}. Expected a readable "
             "image file (PNG, JPEG, BMP, TIFF)."
@@ -92,6 +152,10 @@ def _read_file(path, where):
 
 def _to_tensor(arr, device):
     """(..., H, W, C) uint8/float numpy -> (..., 3, H, W) float32 in [0, 1]."""
+    if arr.dtype != np.uint8 and (arr.dtype not in _TORCH_FLOATS or not arr.dtype.isnative):
+        arr = arr.astype(np.float32)  # long double, big-endian: torch reads neither
+    elif not arr.flags.writeable:  # decoded files, read-only memory maps
+        arr = np.array(arr)
     t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
     if t.dtype == torch.uint8:
         t = t.to(torch.float32).div_(255.0)
@@ -185,22 +249,30 @@ def check_images(X, *, name="X"):
     """Validate ``X`` and return an :class:`ImageSet`.
 
     Arrays are checked completely here (dtype, shape, NaN, range); file paths
-    are checked for existence here and decoded later, batch by batch.
+    are checked for existence here and decoded later, batch by batch. Every
+    problem raises a ValueError.
     """
     if isinstance(X, (str, bytes, os.PathLike)):
         raise ValueError(
             f"{name} must be a list of images or image paths, got the single path "
             f"{X!r}; wrap it in a list: [{X!r}]."
         )
+    if not isinstance(X, (np.ndarray, list, tuple)) and (
+        hasattr(X, "__array__") or hasattr(X, "__array_interface__")
+    ):
+        X = _as_array(X, name)
     if isinstance(X, np.ndarray):
-        if X.ndim == 0 or len(X) == 0:
+        if X.ndim == 0:
+            raise ValueError(
+                f"{name} must be an array of images of shape (N, H, W) or (N, H, W, C), "
+                f"got a 0-d array ({X.dtype}): {X!r}."
+            )
+        if len(X) == 0:
             raise ValueError(f"{name} is empty: expected at least one image, got shape {X.shape}.")
-        if X.dtype == object:
+        if X.dtype == object or (X.ndim == 1 and X.dtype.kind == "U"):
             return check_images(list(X), name=name)
         channels = _check_array_image(X, where=name, batched=True)
         return ImageSet(array=X, n_channels=channels)
-    if hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
-        return check_images(np.asarray(X), name=name)
     try:
         items = list(X)
     except TypeError:
@@ -209,7 +281,7 @@ def check_images(X, *, name="X"):
             f"paths, got {type(X).__name__}."
         ) from None
     if not items:
-        raise ValueError(f"{name} is empty: expected at least one image.")
+        raise ValueError(f"{name} is empty: expected at least one image, got an empty {type(X).__name__}.")
     channels = set()
     out = []
     for i, item in enumerate(items):
@@ -219,8 +291,8 @@ def check_images(X, *, name="X"):
             if not os.path.isfile(path):
                 raise ValueError(f"{where}: image file '{path}' does not exist (or is not a file).")
             out.append(path)
-        elif isinstance(item, np.ndarray) or hasattr(item, "__array__"):
-            arr = np.asarray(item)
+        elif isinstance(item, np.ndarray) or hasattr(item, "__array__") or hasattr(item, "__array_interface__"):
+            arr = _as_array(item, where)
             channels.add(_check_array_image(arr, where=where, batched=False))
             out.append(arr)
         else:

@@ -1,0 +1,416 @@
+"""A pickle-free file format for fitted detectors (``save`` / ``load``).
+
+``joblib.load`` and ``pickle.load`` run code named in the file; a file from
+:meth:`PadimDetector.save` holds data only and :meth:`PadimDetector.load`
+never imports or calls anything the file names. The file is a zip archive
+(numpy's ``.npz`` layout, uncompressed) with
+
+* ``config.json``: format name and version, skpadim version, the
+  constructor parameters that JSON can represent, the fitted scalars and
+  shapes, the backbone's description, and the dtype, shape and SHA-256 of
+  every array;
+* ``config.sha256``: the SHA-256 of ``config.json``;
+* one ``.npy`` member per array (written and read with
+  ``allow_pickle=False``): the running statistics (upper triangles of the
+  sums of outer products), the channel subset, the calibration scores, the
+  random state and the backbone weights.
+
+Loading checks the format version, the config's hash, every array's dtype,
+shape and hash and the consistency of the shapes before building anything,
+and refuses the file with a ValueError naming it otherwise. The hashes catch
+corruption and accidental edits, not forgeries (anyone can recompute them):
+what keeps a hostile file harmless is that loading executes nothing from it.
+
+A torchvision backbone is rebuilt from its name (checked against
+``torchvision.models.list_models``) with ``weights=None`` and the saved
+weights. A custom module cannot be rebuilt without running user code, so the
+caller passes it: ``PadimDetector.load(path, backbone=module)``; a copy of it
+receives the saved weights (keys and shapes must match).
+
+Files are written atomically: to a temporary file in the same directory,
+flushed to disk, then renamed over the final name.
+"""
+
+import contextlib
+import copy
+import hashlib
+import json
+import numbers
+import os
+import tempfile
+import warnings
+import zipfile
+import zlib
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+
+from ._persist import (
+    EXPORTED,
+    backbone_weights,
+    export_state,
+    import_state,
+    load_device,
+    load_weights,
+    torchvision_backbone,
+)
+
+FORMAT = "skpadim-detector"
+FORMAT_VERSION = 1
+_CONFIG = "config.json"
+_CONFIG_HASH = "config.sha256"
+# Saved separately (or not at all) rather than as generic extra attributes.
+_OWN = ("_frozen", "_rng")
+
+
+class _NotJSON(TypeError):
+    pass
+
+
+# --------------------------------------------------------------- encoding
+
+def _to_json(value):
+    """JSON-representable form of a parameter value; tuples and dicts are tagged."""
+    from torchvision.models import WeightsEnum
+
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, WeightsEnum):
+        return f"{type(value).__name__}.{value.name}"
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return value.tolist()
+    if isinstance(value, tuple):
+        return {"tuple": [_to_json(v) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _to_json(v) for k, v in value.items()}}
+    raise _NotJSON(type(value).__name__)
+
+
+def _from_json(value):
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"tuple"} and isinstance(value["tuple"], list):
+            return tuple(_from_json(v) for v in value["tuple"])
+        if set(value) == {"dict"} and isinstance(value["dict"], dict):
+            return {k: _from_json(v) for k, v in value["dict"].items()}
+        raise ValueError(f"unexpected object {sorted(value)!r}")
+    return value
+
+
+def _contiguous(arr):
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
+
+
+def _sha256(arr):
+    return hashlib.sha256(_contiguous(arr).data).hexdigest()
+
+
+# ------------------------------------------------------------------ save
+
+def save(est, path):
+    """Write fitted detector ``est`` to ``path`` (see the module docstring)."""
+    from . import __version__
+
+    check_is_fitted(est, "precision_")
+    state = vars(est)
+    arrays, meta = export_state(state, module_weights=True)
+    params, unsaved = {}, []
+    for name, value in est.get_params(deep=False).items():
+        if name == "backbone" and isinstance(value, nn.Module):
+            continue
+        try:
+            params[name] = _to_json(value)
+        except _NotJSON:
+            unsaved.append(name)
+    if unsaved:
+        warnings.warn(
+            f"The parameters {unsaved} of this PadimDetector cannot be stored without "
+            "pickle; the loaded detector has their default values (they only matter "
+            "for a new fit).",
+            UserWarning,
+            stacklevel=3,
+        )
+    module = est.backbone if isinstance(est.backbone, nn.Module) else None
+    backbone = (
+        {"kind": "torchvision", "name": est.backbone}
+        if module is None
+        else {"kind": "module", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
+    )
+    frozen = {}
+    for name, value in state.get("_frozen", {}).items():
+        with contextlib.suppress(_NotJSON):  # not saved: reset to its default, unchecked
+            if name != "backbone":
+                frozen[name] = _to_json(value)
+    rng = state.get("_rng")
+    rng_meta = None
+    if isinstance(rng, np.random.RandomState):
+        kind, keys, pos, has_gauss, gauss = rng.get_state()
+        arrays["rng.keys"] = np.asarray(keys)
+        rng_meta = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    extra = {}
+    for name, value in state.items():
+        if name in EXPORTED or name in _OWN or name in params or name in unsaved or name == "backbone":
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            arrays["extra." + name] = value
+            continue
+        try:
+            extra[name] = _to_json(value)
+        except _NotJSON:
+            raise ValueError(
+                f"Cannot save the attribute {name!r} ({type(value).__name__}) of this "
+                "PadimDetector in the pickle-free format; use joblib.dump for it."
+            ) from None
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "skpadim_version": __version__,
+        "params": params,
+        "unsaved_params": unsaved,
+        "backbone": backbone,
+        "frozen": {"dict": frozen},
+        "state": meta,
+        "rng": rng_meta,
+        "extra": extra,
+        "arrays": {
+            k: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)}
+            for k, a in arrays.items()
+        },
+    }
+    blob = json.dumps(config, indent=1, sort_keys=True).encode("utf-8")
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr(_CONFIG, blob)
+            zf.writestr(_CONFIG_HASH, hashlib.sha256(blob).hexdigest())
+            for k, a in arrays.items():
+                _write_array(zf, k, a)
+
+    write_atomic(path, write)
+
+
+def _write_array(zf, name, arr):
+    with zf.open(name + ".npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, _contiguous(arr), allow_pickle=False)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path, write):
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then rename.
+
+    On any exception (KeyboardInterrupt included) the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+# ------------------------------------------------------------------ load
+
+def _refuse(path, detail):
+    return ValueError(f"Cannot load '{path}' as a skpadim detector: {detail}")
+
+
+def _read_verified(path):
+    """Return ``(config, arrays)`` after every integrity check."""
+    with open(path, "rb") as f:  # FileNotFoundError etc. name the file already
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise _refuse(path, "it is not a zip archive (not a file from PadimDetector.save).")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:  # truncated or damaged archive
+        raise _refuse(path, f"the file is corrupt or truncated ({type(exc).__name__}: {exc}).") from None
+    with npz:
+        try:
+            members = set(npz.zip.namelist())
+            if _CONFIG not in members or _CONFIG_HASH not in members:
+                raise _refuse(path, "it has no config.json/config.sha256 (not a file from PadimDetector.save).")
+            blob = npz.zip.read(_CONFIG)
+            stored_hash = npz.zip.read(_CONFIG_HASH).decode("ascii", "replace").strip()
+            try:
+                config = json.loads(blob.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise _refuse(path, f"config.json is corrupt ({exc}).") from None
+            _check_version(path, config)
+            if hashlib.sha256(blob).hexdigest() != stored_hash:
+                raise _refuse(path, "config.json does not match its SHA-256 (the file was modified or corrupted).")
+            specs = config.get("arrays")
+            if not isinstance(specs, dict):
+                raise _refuse(path, "config.json has no array list.")
+            expected = {k + ".npy" for k in specs} | {_CONFIG, _CONFIG_HASH}
+            if members != expected:
+                odd = sorted(members ^ expected)[:3]
+                raise _refuse(path, f"its members do not match config.json (e.g. {odd}).")
+            arrays = {k: _read_array(path, npz, k, spec) for k, spec in specs.items()}
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, TypeError) as exc:
+            raise _refuse(path, f"the file is corrupt or truncated ({type(exc).__name__}: {exc}).") from None
+    return config, arrays
+
+
+def _check_version(path, config):
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise _refuse(path, "config.json does not describe a skpadim detector.")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _refuse(path, f"invalid format_version {version!r}.")
+    if version > FORMAT_VERSION:
+        from . import __version__
+
+        raise _refuse(
+            path,
+            f"it was written by skpadim {config.get('skpadim_version')!r} in format version "
+            f"{version}, and this skpadim ({__version__}) reads format versions up to "
+            f"{FORMAT_VERSION}. Upgrade skpadim (pip install -U skpadim) to load it.",
+        )
+
+
+def _read_array(path, npz, name, spec):
+    try:
+        arr = npz[name]
+    except ValueError as exc:  # object arrays (allow_pickle=False), bad headers
+        raise _refuse(path, f"array {name!r} cannot be read without pickle ({exc}).") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise _refuse(path, f"array {name!r} is not a numeric array.")
+    if arr.dtype.str != spec["dtype"] or list(arr.shape) != list(spec["shape"]):
+        raise _refuse(
+            path,
+            f"array {name!r} has dtype {arr.dtype.str} and shape {arr.shape}, but config.json "
+            f"records {spec['dtype']} and {tuple(spec['shape'])} (arrays were swapped or edited).",
+        )
+    if _sha256(arr) != spec["sha256"]:
+        raise _refuse(path, f"array {name!r} does not match its SHA-256 (the file was modified or corrupted).")
+    return np.array(arr, dtype=arr.dtype.newbyteorder("="))  # writable, native byte order
+
+
+def _check_consistent(path, config, arrays):
+    """Shapes and scalars agree with each other (a crafted file must not crash torch)."""
+    m = config["state"]
+
+    def need(ok, what):
+        if not ok:
+            raise _refuse(path, f"inconsistent contents: {what}.")
+
+    for key in ("stats.shift", "stats.total", "stats.outer_upper", "feature_index_", "calibration"):
+        need(key in arrays, f"missing array {key!r}")
+    h, w = m["feature_map_shape_"]
+    P, idx = int(h) * int(w), arrays["feature_index_"]
+    d = len(idx)
+    need(idx.ndim == 1 and d >= 1 and idx.dtype.kind in "iu", "feature_index_ must be a 1-D int array")
+    total_channels = sum(int(c) for c, _, _ in m["shapes"])
+    need(np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < total_channels,
+         "feature_index_ must be sorted channel indices of the layers")
+    need(arrays["stats.shift"].shape == (P, d) and arrays["stats.shift"].dtype == np.float32, "stats.shift shape")
+    need(arrays["stats.total"].shape == (P, d) and arrays["stats.total"].dtype == np.float64, "stats.total shape")
+    need(arrays["stats.outer_upper"].shape == (P, d * (d + 1) // 2)
+         and arrays["stats.outer_upper"].dtype == np.float32, "stats.outer_upper shape")
+    need(isinstance(m["n"], int) and m["n"] >= 1 and m["n_samples_seen_"] == m["n"], "sample count")
+    need(len(m["layers_"]) == len(m["shapes"]) and all(isinstance(n, str) for n in m["layers_"]), "layers_")
+    need(max(((int(s[1]), int(s[2])) for s in m["shapes"]), key=lambda t: t[0] * t[1]) == (int(h), int(w)),
+         "feature_map_shape_ does not match the layer shapes")
+    need(np.isfinite(m["epsilon"]) and m["epsilon"] > 0 and np.isfinite(m["sigma"]) and m["sigma"] >= 0,
+         "epsilon/sigma")
+
+
+def _rebuild_backbone(path, config, arrays, module):
+    spec = config["backbone"]
+    weights = backbone_weights(arrays)
+    source = f"'{path}'"
+    if spec.get("kind") == "torchvision":
+        if module is not None:
+            raise ValueError(
+                f"'{path}' holds a torchvision {spec.get('name')!r} backbone; it is rebuilt "
+                "from the file, so do not pass backbone= to load."
+            )
+        return spec["name"], torchvision_backbone(spec["name"], weights, source)
+    if spec.get("kind") != "module":
+        raise _refuse(path, f"unknown backbone kind {spec.get('kind')!r}.")
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"'{path}' was fitted with a custom backbone module ({spec.get('class')}). Its "
+            "code is not in the file (loading never runs code from a file), so pass an "
+            "instance of that class: PadimDetector.load(path, backbone=module); the saved "
+            f"weights are loaded into a copy of it. Got backbone={module!r}."
+        )
+    model = copy.deepcopy(module)
+    try:
+        load_weights(model, weights, strict=True, source=source)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc} The module passed as backbone= ({type(module).__name__}) is not the "
+            f"architecture this detector was fitted with ({spec.get('class')})."
+        ) from None
+    return module, model
+
+
+def load(cls, path, backbone=None):
+    """Read a detector written by :func:`save` (see the module docstring)."""
+    path = os.fspath(path)
+    config, arrays = _read_verified(path)
+    try:
+        _check_consistent(path, config, arrays)
+        defaults = cls().get_params(deep=False)
+        params = {k: _from_json(v) for k, v in config["params"].items()}
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise _refuse(path, f"unknown parameters {unknown} (written by a newer skpadim?).")
+        name, model = _rebuild_backbone(path, config, arrays, backbone)
+        est = cls(**{**params, "backbone": name})
+        device = load_device(config["state"]["device_"], est.device)
+        state = import_state(arrays, config["state"], model, device)
+        frozen = _from_json(config["frozen"])
+        state["_frozen"] = {**frozen, "backbone": name}
+        rng = config.get("rng")
+        if rng is not None:
+            r = np.random.RandomState()
+            r.set_state((rng["kind"], arrays["rng.keys"], rng["pos"], rng["has_gauss"], rng["gauss"]))
+            state["_rng"] = r
+        for k, v in config.get("extra", {}).items():
+            state[k] = _from_json(v)
+        for k, v in arrays.items():
+            if k.startswith("extra."):
+                state[k[len("extra."):]] = v
+    except ValueError as exc:
+        if f"'{path}'" in str(exc):
+            raise
+        raise _refuse(path, str(exc)) from None
+    except (KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
+        raise _refuse(path, f"inconsistent contents ({type(exc).__name__}: {exc}).") from None
+    vars(est).update(state)
+    return est
