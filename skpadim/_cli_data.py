@@ -1,0 +1,153 @@
+"""Images for the command line: finding them, progress bars, scores and maps."""
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._cli_model import CLIError
+from ._loaders import IMAGE_EXTENSIONS
+
+_EXTENSIONS = ", ".join(IMAGE_EXTENSIONS)
+
+
+def _is_image(name):
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def images_under(folder):
+    """Image files under ``folder``, recursively, sorted; hidden files and folders skipped."""
+    found = []
+    for here, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(here, f) for f in sorted(files) if _is_image(f))
+    return found
+
+
+def good_images(folder):
+    """The training images of ``skpadim fit``: every image under ``folder``."""
+    if not os.path.exists(folder):
+        raise CLIError(
+            f"Folder '{folder}' does not exist; pass the folder of good images, e.g. "
+            "skpadim fit data/good --out model.skpadim"
+        )
+    if not os.path.isdir(folder):
+        raise CLIError(f"'{folder}' is a file; pass the folder that holds the good images.")
+    paths = images_under(folder)
+    if not paths:
+        raise CLIError(
+            f"No images found under '{folder}' (searched recursively for {_EXTENSIONS}); "
+            "pass the folder that holds the good images."
+        )
+    return paths
+
+
+def collect_images(args):
+    """``(path, overlay name)`` of every image named by ``skpadim predict IMAGES...``.
+
+    A folder contributes every image under it (recursively), named by the
+    folder's name and the image's path inside it (``good/000.png`` for
+    ``data/good``); a file is taken as given, named by its file name.
+    """
+    items = []
+    for arg in args:
+        if not os.path.exists(arg):
+            raise CLIError(f"'{arg}' does not exist; pass image files or folders of images.")
+        if os.path.isdir(arg):
+            paths = images_under(arg)
+            if not paths:
+                raise CLIError(
+                    f"No images found under '{arg}' (searched recursively for {_EXTENSIONS})."
+                )
+            parent = os.path.dirname(os.path.abspath(arg))
+            items.extend((p, os.path.relpath(os.path.abspath(p), parent)) for p in paths)
+        else:
+            items.append((arg, os.path.basename(arg)))
+    return items
+
+
+def overlay_names(names, out_dir):
+    """One distinct ``.png`` path under ``out_dir`` per name (``-2``, ``-3``... on clashes)."""
+    used, out = set(), []
+    for name in names:
+        base = Path(out_dir) / Path(name).with_suffix(".png")
+        path, k = base, 1
+        while str(path) in used:
+            k += 1
+            path = base.with_name(f"{base.stem}-{k}.png")
+        used.add(str(path))
+        out.append(path)
+    return out
+
+
+def progress(total, desc, enabled, *, tqdm=None):
+    """A tqdm bar over images on stderr, with the estimated time left."""
+    if tqdm is None:
+        from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} images "
+        "[{elapsed} elapsed, {remaining} left, {rate_fmt}]",
+    )
+
+
+@contextlib.contextmanager
+def fit_progress(total, enabled):
+    """Show a bar over the images that ``PadimDetector(verbose=True).fit`` processes.
+
+    ``fit`` with ``verbose=True`` wraps its batches in ``tqdm.auto.tqdm``
+    (one step per batch). For the duration of the block, that name yields
+    the batches unchanged and advances a bar over images by each batch's
+    image count, so the bar counts images without splitting ``fit`` into
+    ``partial_fit`` calls (each of which would recompute every position's
+    precision). The bar appears with the first batch: errors raised while the
+    backbone is built are not preceded by an empty bar.
+    """
+    import tqdm.auto
+
+    original = tqdm.auto.tqdm
+    bars = []
+
+    def counting(iterable, *args, **kwargs):
+        bar = progress(total, "fit", enabled, tqdm=original)
+        bars.append(bar)
+        for batch in iterable:
+            yield batch
+            bar.update(len(batch[1]))  # (images, original sizes)
+
+    tqdm.auto.tqdm = counting
+    try:
+        yield
+    finally:
+        tqdm.auto.tqdm = original
+        for bar in bars:
+            bar.close()
+
+
+def scores_and_maps(detector, paths, bar, *, with_maps):
+    """Yield ``(index, anomaly score, map or None)`` for every image, in order.
+
+    The anomaly score is ``-detector.score_samples``, computed from the same
+    maps as :meth:`PadimDetector.anomaly_map` in one pass over the backbone;
+    maps are resized to each image's own size as ``anomaly_map`` does.
+    """
+    from ._io import resize
+
+    i = 0
+    for maps, sizes in detector._maps(paths, desc="predict"):
+        scores = maps.amax(dim=(1, 2)).double().cpu().numpy()  # == -score_samples
+        for m, size, score in zip(maps, sizes, scores):
+            amap = None
+            if with_maps:
+                amap = resize(m[None, None], size)[0, 0] if tuple(m.shape) != size else m
+                amap = amap.cpu().numpy()
+            yield i, float(score), amap
+            i += 1
+        bar.update(len(sizes))
+
+
+def flag(scores, threshold):
+    """Boolean "anomalous" per score, as ``PadimDetector.predict`` for ``threshold``."""
+    return np.asarray(scores, dtype=np.float64) > threshold
