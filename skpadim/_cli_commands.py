@@ -19,7 +19,6 @@ import numpy as np
 from ._backbone import WeightsUnavailableError
 from ._cli_data import (
     collect_images,
-    fit_progress,
     flag,
     good_images,
     overlay_names,
@@ -63,11 +62,10 @@ def run_fit(args):
 
     paths = good_images(args.good_dir)
     _check_output_file(args.out, "--out")
-    detector = PadimDetector(**detector_params(args), verbose=True)
+    detector = PadimDetector(**detector_params(args), verbose=not args.quiet)
     start = time.perf_counter()
     try:
-        with fit_progress(len(paths), not args.quiet):
-            detector.fit(paths)
+        detector.fit(paths)
     except WeightsUnavailableError:
         raise weights_error(args.backbone, str(detector.weights)) from None
     elapsed = time.perf_counter() - start

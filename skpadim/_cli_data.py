@@ -1,6 +1,5 @@
 """Images for the command line: finding them, progress bars, scores and maps."""
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -81,49 +80,11 @@ def overlay_names(names, out_dir):
     return out
 
 
-def progress(total, desc, enabled, *, tqdm=None):
-    """A tqdm bar over images on stderr, with the estimated time left."""
-    if tqdm is None:
-        from tqdm.auto import tqdm
+def progress(total, desc, enabled):
+    """A bar over images on stderr with the time left (the detector's own bar)."""
+    from ._detector import _progress_bar
 
-    return tqdm(
-        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} images "
-        "[{elapsed} elapsed, {remaining} left, {rate_fmt}]",
-    )
-
-
-@contextlib.contextmanager
-def fit_progress(total, enabled):
-    """Show a bar over the images that ``PadimDetector(verbose=True).fit`` processes.
-
-    ``fit`` with ``verbose=True`` wraps its batches in ``tqdm.auto.tqdm``
-    (one step per batch). For the duration of the block, that name yields
-    the batches unchanged and advances a bar over images by each batch's
-    image count, so the bar counts images without splitting ``fit`` into
-    ``partial_fit`` calls (each of which would recompute every position's
-    precision). The bar appears with the first batch: errors raised while the
-    backbone is built are not preceded by an empty bar.
-    """
-    import tqdm.auto
-
-    original = tqdm.auto.tqdm
-    bars = []
-
-    def counting(iterable, *args, **kwargs):
-        bar = progress(total, "fit", enabled, tqdm=original)
-        bars.append(bar)
-        for batch in iterable:
-            yield batch
-            bar.update(len(batch[1]))  # (images, original sizes)
-
-    tqdm.auto.tqdm = counting
-    try:
-        yield
-    finally:
-        tqdm.auto.tqdm = original
-        for bar in bars:
-            bar.close()
+    return _progress_bar(total, desc, disable=not enabled)
 
 
 def scores_and_maps(detector, paths, bar, *, with_maps):

@@ -414,19 +414,21 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def _embeddings(self, images, desc):
         """Yield (P, d, B) embeddings (a reused buffer) and original sizes."""
         batches = images.batches(self.batch_size, self._image_size, self.device_)
-        if self.verbose:
-            from tqdm.auto import tqdm
-
-            n = -(-len(images) // self.batch_size)
-            batches = tqdm(batches, total=n, desc=desc, unit="batch")
+        bar = _progress_bar(len(images), desc) if self.verbose else None
         mean = std = None
         if self._norm is not None:
             mean = torch.tensor(self._norm[0], device=self.device_).view(1, 3, 1, 1)
             std = torch.tensor(self._norm[1], device=self.device_).view(1, 3, 1, 1)
-        for x, sizes in batches:
-            if mean is not None:
-                x = (x - mean) / std
-            yield self._embedding(self._taps(x)), sizes
+        try:
+            for x, sizes in batches:
+                if mean is not None:
+                    x = (x - mean) / std
+                yield self._embedding(self._taps(x)), sizes
+                if bar is not None:
+                    bar.update(len(sizes))
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _torch_stats(self):
         key = (id(self.mean_), id(self.precision_))
@@ -500,6 +502,17 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         from ._safe_io import load
 
         return load(cls, path, backbone=backbone)
+
+
+def _progress_bar(total, desc, disable=False):
+    """A bar over images (not batches) with the rate and the time left."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="img", dynamic_ncols=True, disable=disable,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} images "
+        "[{elapsed} elapsed, {remaining} left, {rate_fmt}]",
+    )
 
 
 def _equal(a, b):
