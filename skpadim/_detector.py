@@ -14,12 +14,12 @@ from . import _params
 from ._backbone import build_backbone, default_layers, default_n_features
 from ._calibration import Reservoir, offset_from_scores
 from ._features import LayerTaps, PatchEmbedding, auto_layers, probe_shapes, random_feature_index
-from ._gaussian import GaussianStats, mahalanobis
+from ._gaussian import BufferedUpdate, GaussianStats, mahalanobis
 from ._io import check_images, resize
 from ._labels import anomaly_labels
 from ._malloc import heap_reuse
 from ._maps import anomaly_maps
-from ._persist import restore_state, slim_state, used_state_keys
+from ._persist import modules_run, restore_state, slim_state, used_state_keys
 
 # Private fitted state, removed by fit (public fitted attributes end with "_").
 _STATE = (
@@ -259,7 +259,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         if layers is None:
             layers = auto_layers(model, device)
         taps = LayerTaps(model, layers)
-        shapes = probe_shapes(taps, size, device)
+        with modules_run(model) as ran:  # one probe pass gives the shapes and the used weights
+            shapes = probe_shapes(taps, size, device)
         total = sum(c for c, _, _ in shapes)
         n_features = self.n_features or default_n_features(self.backbone) or total
         if n_features > total:
@@ -278,7 +279,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.n_channels_in_ = images.n_channels
         self._frozen = {k: getattr(self, k) for k in _FROZEN}
         self._shapes = shapes
-        self._used_keys = used_state_keys(model, taps, size, device) if isinstance(self.backbone, str) else None
+        self._used_keys = used_state_keys(model, ran) if isinstance(self.backbone, str) else None
         self._image_size = size
         self._norm = _params.normalization(self.normalize)
         self._taps = taps
@@ -298,10 +299,12 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         rng = self._rng if first else copy.deepcopy(self._rng)
         seen = self._stats.n
         with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
+            updates = BufferedUpdate(stats)
             for emb, _ in self._embeddings(images, desc="fit"):
                 reservoir.offer(emb, seen, rng)
                 seen += emb.shape[-1]
-                stats.update(emb.to(stats.outer.device))
+                updates.add(emb.to(stats.outer.device))
+            updates.flush()
             if not first:
                 stats = stats.combine(self._stats)
             mean = stats.mean()
@@ -321,12 +324,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def _calibration_scores(self, stats, reservoir, epsilon, sigma):
         """Anomaly scores (score_samples convention) of held-out calibration images."""
         emb, held_out = reservoir.held_out(stats.n)
-        emb = emb.to(stats.outer.device)
-        remove = None
-        if held_out:
-            remove = GaussianStats.empty(*stats.shape, stats.outer.device)
-            remove.update(emb.clone())
-        dist = stats.distances_of(emb, epsilon, remove=remove)  # (P, k)
+        dist = stats.distances_of(emb.to(stats.outer.device), epsilon, held_out=held_out)  # (P, k)
         dist = dist.T.float().reshape(-1, *self.feature_map_shape_).to(self.device_)
         maps = anomaly_maps(dist, self._image_size, sigma)
         return -maps.amax(dim=(1, 2)).double().cpu().numpy()

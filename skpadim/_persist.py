@@ -23,6 +23,7 @@ Loading a detector fitted on a GPU on a machine without one falls back to the
 CPU with a warning.
 """
 
+import contextlib
 import copy
 import warnings
 
@@ -45,8 +46,9 @@ EXPORTED = (
 BACKBONE_PREFIX = "backbone."
 
 
-def used_state_keys(model, taps, image_size, device):
-    """State-dict keys of the modules that run up to the last tapped layer."""
+@contextlib.contextmanager
+def modules_run(model):
+    """Record, into the yielded set, the names of ``model``'s modules that run."""
     ran = set()
     names = {id(m): n for n, m in model.named_modules()}
     handles = [
@@ -54,11 +56,14 @@ def used_state_keys(model, taps, image_size, device):
         for m in model.modules()
     ]
     try:
-        with torch.inference_mode():
-            taps(torch.zeros(1, 3, *image_size, device=device))
+        yield ran
     finally:
         for h in handles:
             h.remove()
+
+
+def used_state_keys(model, ran):
+    """State-dict keys of the modules named in ``ran`` (see :func:`modules_run`)."""
     return [k for k in model.state_dict() if (k.rpartition(".")[0]) in ran]
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from skpadim._gaussian import GaussianStats, mahalanobis
+import skpadim._gaussian as gaussian
+from skpadim._gaussian import BufferedUpdate, GaussianStats, mahalanobis
 
 
 def _data(n, P=5, d=4, seed=0, offset=100.0):
@@ -74,8 +75,10 @@ def test_distances_with_removed_images():
     removed = x[..., :8]
     s = _stats([x])
     direct = _stats([x[..., 8:]]).distances_of(removed, 0.01)
-    via = s.distances_of(removed, 0.01, remove=_stats([removed]))
+    via = s.distances_of(removed, 0.01, held_out=True)
     np.testing.assert_allclose(via.numpy(), direct.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="leave out"):
+        _stats([removed]).distances_of(removed, 0.01, held_out=True)
 
 
 def test_single_sample_is_isotropic():
@@ -83,3 +86,89 @@ def test_single_sample_is_isotropic():
     s = _stats([x])
     prec = s.precision(0.5).numpy()
     np.testing.assert_allclose(prec, np.broadcast_to(np.eye(4) / 0.5, prec.shape), rtol=1e-6)
+
+
+def test_blocked_update_matches_reference(monkeypatch):
+    # d = 8 split into round(8 / 3) = 3 column blocks: only the upper blocks are computed.
+    monkeypatch.setattr(gaussian, "_BLOCK", 3)
+    x = _data(40, d=8)
+    s = _stats(list(x.split(7, dim=-1)))
+    mean, prec = _ref(x, 0.01)
+    assert not s.outer[:, 5:, :2].any()  # a block below the diagonal was never written
+    np.testing.assert_allclose(s.mean().numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(s.precision(0.01).numpy(), prec, rtol=1e-4, atol=1e-5)
+
+
+def test_only_the_upper_triangle_is_read():
+    x = _data(30)
+    s = _stats([x])
+    ref = s.precision(0.01).numpy()
+    noisy = s.copy()
+    noisy.outer += torch.randn(noisy.outer.shape).tril(-1) * 1e3
+    np.testing.assert_array_equal(noisy.precision(0.01).numpy(), ref)
+    y = _data(3, seed=1)
+    np.testing.assert_array_equal(noisy.distances_of(y, 0.01).numpy(), s.distances_of(y, 0.01).numpy())
+
+
+@pytest.mark.parametrize("sizes", [[1, 5, 70, 3], [4, 4, 4], [9], [2, 2, 2, 2, 2, 2, 2, 1]])
+def test_buffered_update_equals_one_update(sizes):
+    x = _data(sum(sizes), d=6)
+    whole = _stats([x])
+    s = GaussianStats.empty(5, 6, "cpu")
+    buf = BufferedUpdate(s, width=4)
+    for part in x.split(sizes, dim=-1):
+        buf.add(part.clone())
+    buf.flush()
+    assert s.n == whole.n
+    np.testing.assert_allclose(s.mean().numpy(), whole.mean().numpy(), rtol=1e-10)
+    np.testing.assert_allclose(s.precision(0.01).numpy(), whole.precision(0.01).numpy(), rtol=1e-4)
+
+
+def test_threaded_chunks_equal_one_chunk(monkeypatch):
+    x = _data(50, P=37)
+    s = _stats([x])
+    y = _data(4, P=37, seed=2)
+    one = s.precision(0.01), s.distances_of(y, 0.01), s.distances_of(x[..., :4], 0.01, held_out=True)
+    monkeypatch.setattr(gaussian, "_CHUNK_BYTES", {"cpu": 8 * 4 * 4 * 3})  # 3 positions per chunk
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with torch.inference_mode():  # as in fit: the workers must inherit it
+            s = _stats([x])
+            many = s.precision(0.01), s.distances_of(y, 0.01), s.distances_of(x[..., :4], 0.01, held_out=True)
+            s.copy().combine(s)
+        assert torch.get_num_threads() == 3  # restored
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_failing_chunk_raises_and_restores_threads(monkeypatch):
+    x = _data(20, P=12)
+    s = _stats([x])
+    s.outer[7].fill_(-1.0)  # not positive definite at position 7
+    monkeypatch.setattr(gaussian, "_CHUNK_BYTES", {"cpu": 8 * 4 * 4 * 2})
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match="positive definite"):
+        s.precision(0.01)
+    assert torch.get_num_threads() == threads
+
+
+def test_fit_on_threaded_chunks_equals_one_chunk(monkeypatch, images):
+    from conftest import SMALL
+
+    from skpadim import PadimDetector
+
+    one = PadimDetector(**SMALL).fit(images)
+    monkeypatch.setattr(gaussian, "_CHUNK_BYTES", {"cpu": 8 * 20 * 20 * 5})  # 5 of 64 positions
+    monkeypatch.setattr(BufferedUpdate, "WIDTH", 6)  # batches of 4 regrouped by 6
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        many = PadimDetector(**SMALL).fit(images)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(many.precision_, one.precision_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(many.offset_, one.offset_, rtol=1e-5)
+    np.testing.assert_allclose(many.score_samples(images[:3]), one.score_samples(images[:3]), rtol=1e-5)
