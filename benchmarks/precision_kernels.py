@@ -1,33 +1,37 @@
-"""Cost of the end-of-fit linear algebra per patch position, and cheaper equivalents.
+"""Cost of the end of fit: per-position kernels and the library's own calls.
 
-``GaussianStats.precision`` factors each position's regularized covariance
-(float64) with ``torch.linalg.cholesky_ex`` and inverts it with
-``torch.cholesky_inverse``, in chunks of 128 positions. This script times,
-on a batch of random SPD matrices of the PaDiM sizes (d = 100 for
-resnet18, d = 550 for wide_resnet50_2), interleaved round by round:
+At the end of a fit, ``GaussianStats.precision`` forms each position's
+covariance in float64 from the running sums, factors it (Cholesky, upper
+triangle) and inverts it; the threshold calibration
+(``GaussianStats.distances_of(..., held_out=True)``) downdates the sums by the
+held-out images, factors again and solves for their distances. Both loop
+over small chunks of positions (about 8 MB of float64 each) shared out to one
+Python thread per core, each running torch single-threaded.
 
-* ``cholesky_ex``: the factorization (needed in any case);
-* ``cholesky_inverse(L)``: what the library does now;
-* ``solve_triangular(L, I)``, then ``Linv^T @ Linv``: the same precision matrix;
-* ``solve_triangular(L, I)`` alone: enough if scoring used ``|Linv (x - mu)|^2``;
-* ``cholesky_solve(I, L)``: for reference. (``torch.linalg.inv`` is left
-  out: on this machine, batched float64 550 x 550 it printed "Intel oneMKL
-  ERROR: Parameter 6 was incorrect on entry to DLASWP" and then spun for
-  minutes inside MKL's threaded dgetrf nested in torch's parallel_for.)
+Part 1 times the steps on one thread, in ms per position, on random SPD
+matrices of the PaDiM sizes (d = 100 for resnet18, d = 550 for
+wide_resnet50_2), both at the library's chunk size and at 128 positions per
+chunk, with the alternatives that were considered:
 
-It checks that the alternatives give the same precision (max relative
-difference) and scales the per-position times to P = 3136 positions (224 px).
-Every kernel runs with torch's default number of threads and with one.
+* covariance formation: one ``baddbmm`` on the float32 -> float64 copy
+  (library) against symmetrizing with ``triu`` and a mirrored copy first;
+* inverse: ``cholesky_inverse`` (library) against ``cholesky_solve(I)`` and
+  ``solve_triangular(U, I)`` followed by a product;
+* the calibration's rank-64 downdate and its 64-column triangular solve.
 
-Then the library's own end-of-fit calls are timed the same way (default
-threads vs ``torch.set_num_threads(1)``) on statistics of random
-embeddings: ``GaussianStats.precision`` and the calibration's
-``GaussianStats.distances_of(..., remove=...)`` for 12 held-out images.
+Part 2 times the library calls on statistics of random embeddings
+(``--positions`` positions, scaled to the 3136 positions of a 224 px image),
+with torch's default number of threads (chunks on all cores) and after
+``torch.set_num_threads(1)`` (one worker), alternating.
+
+Part 3 times the streaming outer-product update per image, for batches of
+32 and 64 images, as the full product and as the blocks on and above the
+diagonal (what ``GaussianStats.update`` does for large d).
 
 Usage::
 
     python benchmarks/precision_kernels.py            # d = 100 and 550, 3 rounds
-    python benchmarks/precision_kernels.py --quick    # d = 100 only, 2 rounds
+    python benchmarks/precision_kernels.py --quick    # d = 100 only, 1 round
 """
 
 import argparse
@@ -35,115 +39,176 @@ import time
 
 import torch
 
+from skpadim import _gaussian
 from skpadim._gaussian import GaussianStats
+from skpadim._malloc import heap_reuse
 
 from _common import emit, load_average, machine_header, median, table
 
 P_224 = 3136
+HELD = 64  # calibration images (the reservoir's capacity)
 
 
-def _spd(batch, d, seed=0):
+def _inputs(c, d, seed=0):
     g = torch.Generator().manual_seed(seed)
-    A = torch.randn(batch, d, 2 * d, generator=g, dtype=torch.float64)
-    return A @ A.mT / (2 * d) + 0.01 * torch.eye(d, dtype=torch.float64)
+    X = torch.randn(c, d, 3 * d, generator=g)
+    outer = X @ X.mT  # float32 sums of outer products
+    total = torch.randn(c, d, dtype=torch.float64, generator=g)
+    held = torch.randn(c, d, HELD, dtype=torch.float64, generator=g)
+    return outer, total, 3 * d, held
+
+
+def _steps(c, d):
+    """Name -> callable, for one chunk of c positions."""
+    outer, total, n, held = _inputs(c, d)
+
+    def form_library():
+        return _gaussian._covariance(outer.double(), total, n, 0.01)
+
+    def form_mirrored():
+        up = outer.double().triu()
+        cov = up + up.triu(1).mT
+        cov -= total[:, :, None] * total[:, None, :] / n
+        cov /= n - 1
+        cov.diagonal(dim1=-2, dim2=-1).add_(0.01)
+        return cov
+
+    cov = form_library()
+    U = torch.linalg.cholesky_ex(cov, upper=True)[0]
+    eye = torch.eye(d, dtype=torch.float64).expand(c, d, d)
+
+    def tri_product():
+        Ui = torch.linalg.solve_triangular(U, eye, upper=True)
+        return Ui @ Ui.mT
+
+    return {
+        "covariance: baddbmm on the float64 copy [library]": form_library,
+        "covariance: triu + mirrored copy": form_mirrored,
+        "Cholesky (upper)": lambda: torch.linalg.cholesky_ex(cov, upper=True),
+        "inverse: cholesky_inverse [library]": lambda: torch.cholesky_inverse(U, upper=True),
+        "inverse: cholesky_solve(I)": lambda: torch.cholesky_solve(eye, U, upper=True),
+        "inverse: solve_triangular(U, I) + product": tri_product,
+        f"calibration: rank-{HELD} downdate": lambda: cov.clone().baddbmm_(held, held.mT, alpha=-1e-3),
+        f"calibration: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
+            U.mT, held, upper=False),
+    }
+
+
+def part_steps(dims, repeats):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for d in dims:
+            chunks = [_gaussian._chunk_size(d, "cpu"), 128]
+            fns = {c: _steps(c, d) for c in chunks}
+            times = {(c, k): [] for c in chunks for k in fns[c]}
+            for _ in range(repeats):
+                for c in chunks:
+                    for k, fn in fns[c].items():
+                        fn()  # warm
+                        t0 = time.perf_counter()
+                        fn()
+                        times[c, k].append(1000 * (time.perf_counter() - t0) / c)
+            for k in fns[chunks[0]]:
+                a, b = median(times[chunks[0], k]), median(times[chunks[1], k])
+                rows.append([str(d), k, f"{a:.3f}", f"{b:.3f}", f"{a * P_224 / 1000:.2f}"])
+    finally:
+        torch.set_num_threads(threads)
+    return chunks, rows
+
+
+def part_calls(dims, positions, repeats):
+    threads = torch.get_num_threads()
+    rows = []
+    for d in dims:
+        P = positions
+        g = torch.Generator().manual_seed(0)
+        stats = GaussianStats.empty(P, d, "cpu")
+        held = torch.randn(P, d, HELD, generator=g) * 3 + 1
+        stats.update(torch.randn(P, d, 128, generator=g) * 3 + 1)
+        stats.update(held.clone())  # the held-out images are among the fitted ones
+        calls = {
+            "precision(0.01)": lambda: stats.precision(0.01),
+            f"distances_of({HELD} images, held_out=True)": lambda: stats.distances_of(held, 0.01, held_out=True),
+        }
+        times = {(k, t): [] for k in calls for t in (threads, 1)}
+        with heap_reuse(), torch.inference_mode():
+            for name, fn in calls.items():
+                fn()  # warm
+            for _ in range(repeats):
+                for name, fn in calls.items():
+                    for t in (threads, 1):
+                        torch.set_num_threads(t)
+                        t0 = time.perf_counter()
+                        fn()
+                        times[name, t].append(time.perf_counter() - t0)
+                torch.set_num_threads(threads)
+        for name in calls:
+            m, m1 = median(times[name, threads]), median(times[name, 1])
+            rows.append([f"d={d}, {P} positions", name, f"{m * P_224 / P:.2f}", f"{m1 * P_224 / P:.2f}",
+                         f"{m1 / m:.2f}x"])
+    return threads, rows
+
+
+def part_update(dims, positions, repeats):
+    threads = torch.get_num_threads()
+    rows = []
+    for d in dims:
+        for B in (32, 64):
+            g = torch.Generator().manual_seed(0)
+            emb = torch.randn(positions, d, B, generator=g)
+            outer = torch.zeros(positions, d, d)
+            n_blocks = max(1, round(d / _gaussian._BLOCK))
+            edges = [round(i * d / n_blocks) for i in range(n_blocks + 1)]
+
+            def full():
+                outer.baddbmm_(emb, emb.mT)
+
+            def blocked():
+                for i in range(n_blocks):
+                    r = slice(edges[i], edges[i + 1])
+                    for j in range(i, n_blocks):
+                        c = slice(edges[j], edges[j + 1])
+                        outer[:, r, c].baddbmm_(emb[:, r], emb[:, c].mT)
+
+            times = {"full": [], "blocked": []}
+            for _ in range(repeats + 1):
+                for k, fn in (("full", full), ("blocked", blocked)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(1000 * (time.perf_counter() - t0) / B * P_224 / positions)
+            f, b = median(times["full"][1:]), median(times["blocked"][1:])
+            rows.append([str(d), str(B), str(n_blocks), f"{f:.1f}", f"{b:.1f}"])
+    return threads, rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--dims", type=int, nargs="+", default=[100, 550])
-    p.add_argument("--chunk", type=int, default=64,
-                   help="matrices per call (skpadim factors chunks of 128 positions)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--positions", type=int, default=256, help="positions of the library-call statistics")
+    p.add_argument("--positions", type=int, default=392,
+                   help="positions of the library-call and update measurements (scaled to 3136)")
     args = p.parse_args(argv)
     if args.quick:
-        args.dims, args.repeats, args.positions = [100], 2, 128
+        args.dims, args.repeats, args.positions = [100], 1, 64
     t_start = time.perf_counter()
-    emit(["## precision kernels", ""])
-    emit(machine_header([f"float64, one chunk of {args.chunk} random SPD matrices per call; "
-                         "variants interleaved per round, each with torch's default threads and with 1 thread; "
-                         "median ms per position"]))
-    for d in args.dims:
-        C = _spd(args.chunk, d)
-        L, _ = torch.linalg.cholesky_ex(C)
-        eye = torch.eye(d, dtype=torch.float64).expand(args.chunk, d, d)
-
-        def linv():
-            return torch.linalg.solve_triangular(L, eye, upper=False)
-
-        def linv_product():
-            Li = linv()
-            return Li.mT @ Li
-
-        variants = {
-            "cholesky_ex (factor)": lambda: torch.linalg.cholesky_ex(C),
-            "cholesky_inverse(L)  [current]": lambda: torch.cholesky_inverse(L),
-            "solve_triangular(L, I) + Linv^T Linv": linv_product,
-            "solve_triangular(L, I) only": linv,
-            "cholesky_solve(I, L)": lambda: torch.cholesky_solve(eye, L),
-        }
-        ref = torch.cholesky_inverse(L)
-        err = {
-            "solve_triangular(L, I) + Linv^T Linv": linv_product(),
-            "cholesky_solve(I, L)": torch.cholesky_solve(eye, L),
-        }
-        err = {k: float(((v - ref).abs().max() / ref.abs().max())) for k, v in err.items()}
-        threads = torch.get_num_threads()
-        times = {(k, t): [] for k in variants for t in (threads, 1)}
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                for t in (threads, 1):
-                    torch.set_num_threads(t)
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name, t].append((time.perf_counter() - t0) / args.chunk)
-            torch.set_num_threads(threads)
-        cur = median(times["cholesky_inverse(L)  [current]", threads])
-        rows = []
-        for name in variants:
-            ts, ts1 = times[name, threads], times[name, 1]
-            m = median(ts)
-            rows.append([
-                name, f"{1000 * m:.2f}", f"{1000 * min(ts):.2f}", f"{1000 * median(ts1):.2f}",
-                f"{m * P_224:.1f}",
-                f"{cur / m:.2f}x" if "current" not in name and "factor" not in name else "",
-                f"{err[name]:.1e}" if name in err else "",
-            ])
-        emit(["", f"### d = {d}", ""])
-        emit(table(["kernel", f"median ms / position ({threads} threads)", "min ms",
-                    "median ms, 1 thread", f"s for P={P_224} ({threads} threads)",
-                    "speed-up vs cholesky_inverse", "max rel. diff vs current"], rows))
-    emit(["", "### library calls (GaussianStats), default threads vs 1 thread", ""])
-    rows = []
-    for d, P in [(d, args.positions) for d in args.dims]:
-        g = torch.Generator().manual_seed(0)
-        stats = GaussianStats.empty(P, d, torch.device("cpu"))
-        held = torch.randn(P, d, 12, generator=g)
-        stats.update(torch.randn(P, d, 64, generator=g))
-        stats.update(held.clone())  # the held-out images are part of the fitted ones
-        remove = GaussianStats.empty(P, d, torch.device("cpu"))
-        remove.update(held.clone())
-        calls = {
-            "precision(0.01)": lambda: stats.precision(0.01),
-            "distances_of(12 held out, remove=...)": lambda: stats.distances_of(held.clone(), 0.01, remove=remove),
-        }
-        threads = torch.get_num_threads()
-        times = {(k, t): [] for k in calls for t in (threads, 1)}
-        for _ in range(args.repeats):
-            for name, fn in calls.items():
-                for t in (threads, 1):
-                    torch.set_num_threads(t)
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name, t].append(time.perf_counter() - t0)
-            torch.set_num_threads(threads)
-        for name in calls:
-            m, m1 = median(times[name, threads]), median(times[name, 1])
-            rows.append([f"d={d}, {P} positions", name, f"{m:.2f}", f"{m1:.2f}", f"{m / m1:.1f}x",
-                         f"{m * P_224 / P:.1f}", f"{m1 * P_224 / P:.1f}"])
-    emit(table(["statistics", "call", f"s, {threads} threads", "s, 1 thread", "slow-down with threads",
-                f"scaled to P={P_224}, {threads} threads", f"scaled to P={P_224}, 1 thread"], rows))
+    emit(["## End-of-fit kernels", ""])
+    emit(machine_header([f"float64 unless stated; medians of {args.repeats} rounds"]))
+    chunks, rows = part_steps(args.dims, args.repeats)
+    emit(["", "### Steps, one thread, ms per position", ""])
+    emit(table(["d", "step", "ms, library chunk (8 MB)", "ms, chunk of 128",
+                f"s for P={P_224}, library chunk"], rows))
+    threads, rows = part_calls(args.dims, args.positions, args.repeats)
+    emit(["", f"### Library calls, seconds scaled to P={P_224}", ""])
+    emit(table(["statistics", "call", f"s, {threads} threads (chunks on all cores)", "s, 1 thread",
+                "speed-up"], rows))
+    threads, rows = part_update(args.dims, args.positions, args.repeats)
+    emit(["", f"### Streaming update of the sums of outer products (float32, {threads} threads), "
+          f"ms per image for P={P_224}", ""])
+    emit(table(["d", "images per update", "column blocks", "full product", "blocks on and above the diagonal"],
+               rows))
     emit(["", f"load average at end: {load_average()}; total wall time {time.perf_counter() - t_start:.0f} s"])
 
 
