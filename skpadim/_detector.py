@@ -540,7 +540,8 @@ def _stats_device(device):
 
 def _check_memory(n_positions, n_features, device):
     """Refuse covariances that cannot fit, before any image is processed."""
-    need = 2 * 4 * n_positions * n_features**2  # running sums + precision, float32
+    # Running sums + precision + the update buffer, float32.
+    need = 4 * n_positions * n_features * (2 * n_features + BufferedUpdate.WIDTH)
     if device.type == "cuda":
         available = torch.cuda.mem_get_info(device)[1]
     else:
