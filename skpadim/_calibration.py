@@ -26,25 +26,14 @@ class Reservoir:
 
     def offer(self, emb, seen, rng):
         """Consider the images of batch ``emb`` (P, d, B); ``seen`` came before."""
-        slots = []  # (slot, image) in stream order; None = append
         for j in range(emb.shape[-1]):
             t = seen + j
             if t < CAPACITY:
-                slots.append((None, j))
+                self.items.append(emb[:, :, j].clone())
             else:
                 r = rng.randint(0, t + 1)
                 if r < CAPACITY:
-                    slots.append((r, j))
-        if not slots:
-            return
-        # One pass over the batch: copying images one by one out of the
-        # (P, d, B) layout would read the whole batch once per image.
-        picked = emb[..., [j for _, j in slots]].movedim(-1, 0).contiguous()
-        for (slot, _), item in zip(slots, picked):
-            if slot is None:
-                self.items.append(item.clone())
-            else:
-                self.items[slot] = item.clone()
+                    self.items[r] = emb[:, :, j].clone()
 
     def held_out(self, n_total):
         """Return ``(emb (P, d, k), held_out)`` for calibrating ``n_total`` images.
