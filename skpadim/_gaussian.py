@@ -19,8 +19,10 @@ import concurrent.futures
 import torch
 
 # Bytes of float64 matrices per chunk of positions when factorizing: small
-# enough to stay in the caches on a CPU, large enough to feed a GPU.
-_CHUNK_BYTES = {"cpu": 8 << 20}
+# enough to stay in the caches on a CPU (and for the worker threads' malloc
+# arenas to reuse their memory instead of mapping it anew), large enough to
+# feed a GPU.
+_CHUNK_BYTES = {"cpu": 4 << 20}
 _CHUNK_BYTES_OTHER = 256 << 20
 # Target width of the column blocks of the outer-product update: d is split
 # into round(d / _BLOCK) blocks and only those on and above the diagonal are
@@ -196,7 +198,9 @@ class GaussianStats:
     def precision(self, epsilon, dtype=torch.float32):
         """(P, d, d) inverse of covariance + epsilon * I, via Cholesky, float64 inside."""
         P, d = self.shape
-        out = torch.empty(P, d, d, dtype=dtype, device=self.outer.device)
+        # Zero-filled here, by torch's own threads: first-touch page faults taken
+        # concurrently by the workers cost several times more.
+        out = torch.zeros(P, d, d, dtype=dtype, device=self.outer.device)
 
         def invert(a, b):
             cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon)
