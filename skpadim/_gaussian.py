@@ -24,6 +24,8 @@ import torch
 # feed a GPU.
 _CHUNK_BYTES = {"cpu": 4 << 20}
 _CHUNK_BYTES_OTHER = 256 << 20
+# Bytes of float32 sums per chunk of positions in the streaming update.
+_UPDATE_CHUNK_BYTES = 64 << 20
 # Target width of the column blocks of the outer-product update: d is split
 # into round(d / _BLOCK) blocks and only those on and above the diagonal are
 # computed (d = 550, 64 images, one core: 251 ms per 784 positions against
@@ -31,28 +33,29 @@ _CHUNK_BYTES_OTHER = 256 << 20
 _BLOCK = 192
 
 
-def _chunk_size(d, device):
-    per = 8 * d * d
-    return max(1, _CHUNK_BYTES.get(torch.device(device).type, _CHUNK_BYTES_OTHER) // per)
+def _chunk_size(d, device, itemsize=8, budget=None):
+    """Positions per chunk so that one chunk's d x d matrices take ``budget`` bytes."""
+    if budget is None:
+        budget = _CHUNK_BYTES.get(torch.device(device).type, _CHUNK_BYTES_OTHER)
+    return max(1, budget // (itemsize * d * d))
 
 
-def _for_chunks(n_positions, d, device, fn):
-    """Call ``fn(a, b)`` for consecutive chunks of positions covering ``0:n_positions``.
+def _for_chunks(n_positions, chunk, device, fn):
+    """Call ``fn(a, b)`` for consecutive chunks of at most ``chunk`` positions covering ``0:n_positions``.
 
     On the CPU the chunks are shared out to as many Python threads as torch
     has intra-op threads, each running torch single-threaded: torch calls
     LAPACK once per small matrix, and one matrix per core beats several
-    cores on one matrix (3136 positions, d = 550: Cholesky + inverse 2.5 s
-    against 8 s per 1000 positions). Exceptions propagate; the threads are
-    joined before returning.
+    cores on one matrix; batched GEMMs gain too (benchmarks/precision_kernels.py).
+    Exceptions propagate; the threads are joined before returning.
     """
-    chunk = _chunk_size(d, device)
-    bounds = [(a, min(a + chunk, n_positions)) for a in range(0, n_positions, chunk)]
     if torch.device(device).type != "cpu":
-        for a, b in bounds:
-            fn(a, b)
+        for a in range(0, n_positions, chunk):
+            fn(a, min(a + chunk, n_positions))
         return
     threads = torch.get_num_threads()
+    chunk = max(1, min(chunk, -(-n_positions // threads)))  # at least one chunk per thread
+    bounds = [(a, min(a + chunk, n_positions)) for a in range(0, n_positions, chunk)]
     workers = max(1, min(threads, len(bounds)))
     # Grad and inference modes are per thread: carry the caller's into the workers.
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
@@ -132,17 +135,26 @@ class GaussianStats:
             return
         if self.n == 0:
             self.shift = emb.mean(-1)
-        emb.sub_(self.shift[..., None])
-        self.total += emb.sum(-1, dtype=torch.float64)
-        d = emb.shape[1]
+        P, d = self.shape
         n_blocks = max(1, round(d / _BLOCK))
         edges = [round(i * d / n_blocks) for i in range(n_blocks + 1)]
-        for i in range(n_blocks):
-            rows = slice(edges[i], edges[i + 1])
-            for j in range(i, n_blocks):
-                cols = slice(edges[j], edges[j + 1])
+        blocks = [
+            (slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1]))
+            for i in range(n_blocks)
+            for j in range(i, n_blocks)
+        ]
+
+        def add(a, b):
+            y = emb[a:b].sub_(self.shift[a:b, :, None])
+            # A float32 sum within the batch (as for the outer products), float64
+            # across batches; summing with dtype=float64 is 13x slower.
+            self.total[a:b] += y.sum(-1)
+            for rows, cols in blocks:
                 # In place on a strided view: BLAS writes straight into the sums.
-                self.outer[:, rows, cols].baddbmm_(emb[:, rows], emb[:, cols].mT)
+                self.outer[a:b, rows, cols].baddbmm_(emb[a:b, rows], emb[a:b, cols].mT)
+
+        device = self.outer.device
+        _for_chunks(P, _chunk_size(d, device, 4, _UPDATE_CHUNK_BYTES), device, add)
         self.n += B
 
     def _recentered(self, shift):
@@ -174,7 +186,7 @@ class GaussianStats:
             corr.baddbmm_(dl[:, :, None], dl[:, None, :], alpha=other.n)
             self.outer[a:b] += (sign * corr).to(self.outer.dtype)
 
-        _for_chunks(self.shape[0], d, self.outer.device, merge)
+        _for_chunks(self.shape[0], _chunk_size(d, self.outer.device), self.outer.device, merge)
         self.total += sign * o_total
         self.n += sign * other.n
         return self
@@ -206,7 +218,7 @@ class GaussianStats:
             cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon)
             out[a:b] = torch.cholesky_inverse(_cholesky_upper(cov, epsilon), upper=True)
 
-        _for_chunks(P, d, self.outer.device, invert)
+        _for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
 
     def distances_of(self, emb, epsilon, held_out=False):
@@ -236,7 +248,7 @@ class GaussianStats:
             z = torch.linalg.solve_triangular(U.mT, y - (total / n)[:, :, None], upper=False)
             out[a:b] = z.square().sum(1)
 
-        _for_chunks(P, d, emb.device, score)
+        _for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
         return out.sqrt_()
 
 
@@ -286,7 +298,13 @@ def mahalanobis(emb, mean, precision):
 
     ``emb`` is overwritten (it becomes ``emb - mean``).
     """
+    P, d, B = emb.shape
     diff = emb.sub_(mean[..., None])
-    t = torch.bmm(precision, diff)
-    d2 = t.mul_(diff).sum(1)
+    d2 = torch.empty(P, B, dtype=emb.dtype, device=emb.device)
+
+    def part(a, b):
+        t = torch.bmm(precision[a:b], diff[a:b])
+        torch.sum(t.mul_(diff[a:b]), 1, out=d2[a:b])
+
+    _for_chunks(P, _chunk_size(d, emb.device, 4, _UPDATE_CHUNK_BYTES), emb.device, part)
     return d2.clamp_(min=0).sqrt_().T
