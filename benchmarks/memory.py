@@ -112,9 +112,9 @@ def _no_reservoir_replacement():
 
     offer = Reservoir.offer
 
-    def offer_without_replacement(self, emb, seen, rng):
+    def offer_without_replacement(self, n_images, seen, rng, take):
         if seen < CAPACITY:
-            offer(self, emb[..., : CAPACITY - seen], seen, rng)
+            offer(self, min(n_images, CAPACITY - seen), seen, rng, take)
 
     Reservoir.offer = offer_without_replacement
 

@@ -192,13 +192,13 @@ class TimedDetector(PadimDetector):
             _CLOCK.t["loop start"] = time.perf_counter()
             _CLOCK.t["loop start usage"] = _usage()
         first = True
-        for emb, sizes in super()._embeddings(*args, **kwargs):
+        for emb, sizes, feats in super()._embeddings(*args, **kwargs):
             if first and fit:
                 # Embeddings of held-out-like images for the end-of-fit estimate
                 # (a clone of at most 64 images' embeddings, ~1% of the loop time).
                 self._bench_held_emb = emb[..., : self._bench_held].clone()
             first = False
-            yield emb, sizes
+            yield emb, sizes, feats
 
     def _calibration_scores(self, *args, **kwargs):
         t0 = time.perf_counter()
@@ -433,7 +433,7 @@ def report(name, n_features, N, runs, estimate, args, mode):
     n_batches = -(-N // args.batch_size)
     add("loop: stats update (baddbmm)", _stage(fits, "stats update"),
         f"first of {n_batches} batches: {_stage(fits, 'stats update first'):.2f} s")
-    add("loop: reservoir (copy of calibration images' embeddings)", _stage(fits, "reservoir"),
+    add("loop: reservoir (copy of calibration images' kept channels)", _stage(fits, "reservoir"),
         f"first {CALIBRATION_CAPACITY} images always copied, later ones with probability {CALIBRATION_CAPACITY}/t")
     add("loop: other (input to float, normalize; loop overhead)", median(loop_other))
     if mode == "full":

@@ -16,7 +16,14 @@ _FENCE = 3.0
 
 
 class Reservoir:
-    """Uniform sample (algorithm R) of per-image embeddings (P, d)."""
+    """Uniform sample (algorithm R) of per-image items.
+
+    An item is whatever ``take(j)`` returns for image ``j`` of a batch: the
+    detector stores each image's kept channels at the layers' own resolution
+    (contiguous per image: a few times smaller and cheaper to copy than the
+    image's column of the (P, d, B) embedding) and embeds the held-out ones
+    at the end of the fit.
+    """
 
     def __init__(self, items=None):
         self.items = list(items or [])
@@ -24,29 +31,30 @@ class Reservoir:
     def copy(self):
         return Reservoir(self.items)
 
-    def offer(self, emb, seen, rng):
-        """Consider the images of batch ``emb`` (P, d, B); ``seen`` came before."""
-        for j in range(emb.shape[-1]):
+    def offer(self, n_images, seen, rng, take):
+        """Consider the ``n_images`` images of a batch; ``seen`` came before."""
+        for j in range(n_images):
             t = seen + j
             if t < CAPACITY:
-                self.items.append(emb[:, :, j].clone())
+                self.items.append(take(j))
             else:
                 r = rng.randint(0, t + 1)
                 if r < CAPACITY:
-                    self.items[r] = emb[:, :, j].clone()
+                    self.items[r] = take(j)
 
-    def held_out(self, n_total):
-        """Return ``(emb (P, d, k), held_out)`` for calibrating ``n_total`` images.
+    def held_out(self, n_total, embed):
+        """Return ``(embed(items), held_out)`` for calibrating ``n_total`` images.
 
+        ``embed`` turns a list of k items into (P, d, k) embeddings.
         ``held_out`` is False when there are too few images to hold any out
         (a single image): its in-sample score is used then.
         """
         if not self.items:
             return None, False
         if n_total < 2:
-            return torch.stack(self.items, dim=-1), False
+            return embed(self.items), False
         k = max(1, min(len(self.items), n_total // 5))
-        return torch.stack(self.items[:k], dim=-1), True
+        return embed(self.items[:k]), True
 
 
 def offset_from_scores(scores, contamination):

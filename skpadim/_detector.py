@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import functools
 import warnings
 
 import numpy as np
@@ -300,8 +301,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         seen = self._stats.n
         with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
             updates = BufferedUpdate(stats)
-            for emb, _ in self._embeddings(images, desc="fit"):
-                reservoir.offer(emb, seen, rng)
+            for emb, _, feats in self._embeddings(images, desc="fit"):
+                reservoir.offer(emb.shape[-1], seen, rng, functools.partial(self._embedding.kept_channels, feats))
                 seen += emb.shape[-1]
                 updates.add(emb.to(stats.outer.device))
             updates.flush()
@@ -323,7 +324,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     def _calibration_scores(self, stats, reservoir, epsilon, sigma):
         """Anomaly scores (score_samples convention) of held-out calibration images."""
-        emb, held_out = reservoir.held_out(stats.n)
+        emb, held_out = reservoir.held_out(stats.n, self._embedding.embed_kept)
         dist = stats.distances_of(emb.to(stats.outer.device), epsilon, held_out=held_out)  # (P, k)
         dist = dist.T.float().reshape(-1, *self.feature_map_shape_).to(self.device_)
         maps = anomaly_maps(dist, self._image_size, sigma)
@@ -403,14 +404,14 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         mean, precision = self._torch_stats()
         h, w = self.feature_map_shape_
         with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
-            for emb, sizes in self._embeddings(images, desc=desc):
+            for emb, sizes, _ in self._embeddings(images, desc=desc):
                 dist = mahalanobis(emb, mean, precision).reshape(-1, h, w)
                 yield anomaly_maps(dist, self._image_size, self._sigma), sizes
 
     # -------------------------------------------------------------- helpers
 
     def _embeddings(self, images, desc):
-        """Yield (P, d, B) embeddings (a reused buffer) and original sizes."""
+        """Yield (P, d, B) embeddings (a reused buffer), original sizes and layer features."""
         batches = images.batches(self.batch_size, self._image_size, self.device_)
         bar = _progress_bar(len(images), desc) if self.verbose else None
         mean = std = None
@@ -421,7 +422,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             for x, sizes in batches:
                 if mean is not None:
                     x = (x - mean) / std
-                yield self._embedding(self._taps(x)), sizes
+                feats = self._taps(x)
+                yield self._embedding(feats), sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))
         finally:

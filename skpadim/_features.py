@@ -12,6 +12,7 @@ result is the same, without the large intermediate tensors.
 """
 
 import difflib
+
 import numpy as np
 import torch
 
@@ -187,14 +188,17 @@ class PatchEmbedding:
     def __init__(self, shapes, feature_index, device):
         self.grid = max(((h, w) for _, h, w in shapes), key=lambda hw: hw[0] * hw[1])
         self.n_features = len(feature_index)
+        self._device = device
         self._plan = []
         self._keeps = []
+        self._kept_shapes = []  # (kept channels, h, w) of every layer
         start, offset = 0, 0
         H, W = self.grid
         for c, h, w in shapes:
             local = feature_index[(feature_index >= start) & (feature_index < start + c)] - start
             start += c
             self._keeps.append(len(local) > 0)
+            self._kept_shapes.append((len(local), h, w))
             if len(local) == 0:
                 continue
             idx = None if len(local) == c else torch.as_tensor(local, device=device)
@@ -231,6 +235,18 @@ class PatchEmbedding:
             else:
                 grid[:, :, off : off + n].copy_(src[rows][:, cols])
         return buf
+
+    def kept_channels(self, feats, j):
+        """Image ``j``'s kept channels: one (n, h, w) copy per layer that has any."""
+        return [
+            f[j].clone() if idx is None else f[j].index_select(0, idx)
+            for f, (idx, *_) in zip(self._layer_feats(feats), self._plan)
+        ]
+
+    def embed_kept(self, items):
+        """(P, n_features, k) embedding of k images given by :meth:`kept_channels`."""
+        compact = PatchEmbedding(self._kept_shapes, np.arange(self.n_features), self._device)
+        return compact([torch.stack(layer) for layer in zip(*items)])
 
     def _layer_feats(self, feats):
         # Layers with no kept channel have no plan entry.

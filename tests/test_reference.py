@@ -53,7 +53,7 @@ def test_calibration_scores_are_out_of_sample():
     """offset_ comes from held-out images scored by Gaussians fitted without them."""
     X = textured(30, seed=5)
     det = PadimDetector(**{**SMALL, "contamination": 0.25}).fit(X)
-    held = det._reservoir.held_out(det.n_samples_seen_)[0]
+    held = det._reservoir.held_out(det.n_samples_seen_, det._embedding.embed_kept)[0]
     k = held.shape[-1]
     assert k == 30 // 5
     # Which images were held out: match the stored embeddings to the images'.
