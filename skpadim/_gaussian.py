@@ -70,11 +70,15 @@ def _for_chunks(n_positions, chunk, device, fn):
             for ab in bounds:
                 fn(*ab)
             return
-        with concurrent.futures.ThreadPoolExecutor(
+        pool = concurrent.futures.ThreadPoolExecutor(
             workers, initializer=torch.set_num_threads, initargs=(1,)
-        ) as pool:
+        )
+        try:
             # list() re-raises the first exception of a chunk, in order.
             list(pool.map(run, bounds))
+        finally:
+            # On an error or an interrupt, drop the chunks not started yet.
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         torch.set_num_threads(threads)
 

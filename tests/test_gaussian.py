@@ -172,3 +172,24 @@ def test_fit_on_threaded_chunks_equals_one_chunk(monkeypatch, images):
     np.testing.assert_allclose(many.precision_, one.precision_, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(many.offset_, one.offset_, rtol=1e-5)
     np.testing.assert_allclose(many.score_samples(images[:3]), one.score_samples(images[:3]), rtol=1e-5)
+
+
+def test_an_error_cancels_the_chunks_not_started():
+    import time
+
+    calls = []
+
+    def fn(a, b):
+        calls.append(a)
+        if a == 0:
+            raise ValueError("chunk 0 failed")
+        time.sleep(0.01)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="chunk 0"):
+            gaussian._for_chunks(200, 1, "cpu", fn)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) < 20  # not all 200 chunks ran after the failure
