@@ -170,7 +170,7 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--wide", action="store_true",
                    help="also fit, save and load a wide_resnet50_2 / 550 detector (fit and load each factor "
-                        "3136 matrices of 550 x 550: minutes on 2 cores)")
+                        "3136 matrices of 550 x 550: about 20 s each on 2 cores)")
     p.add_argument("--diagnose", action="store_true",
                    help="also fit the large set with the calibration reservoir never replacing its items "
                         "(checks whether the growth of RSS with N comes from reservoir replacements)")
