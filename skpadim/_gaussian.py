@@ -40,6 +40,13 @@ def _chunk_size(d, device, itemsize=8, budget=None):
     return max(1, budget // (itemsize * d * d))
 
 
+def _gemm_chunk(d, device):
+    """Positions per chunk for the batched GEMMs: ~64 MB of float32 sums on a CPU, all on a GPU."""
+    if torch.device(device).type != "cpu":
+        return 1 << 62
+    return _chunk_size(d, device, 4, _UPDATE_CHUNK_BYTES)
+
+
 def _for_chunks(n_positions, chunk, device, fn):
     """Call ``fn(a, b)`` for consecutive chunks of at most ``chunk`` positions covering ``0:n_positions``.
 
@@ -157,8 +164,7 @@ class GaussianStats:
                 # In place on a strided view: BLAS writes straight into the sums.
                 self.outer[a:b, rows, cols].baddbmm_(emb[a:b, rows], emb[a:b, cols].mT)
 
-        device = self.outer.device
-        _for_chunks(P, _chunk_size(d, device, 4, _UPDATE_CHUNK_BYTES), device, add)
+        _for_chunks(P, _gemm_chunk(d, self.outer.device), self.outer.device, add)
         self.n += B
 
     def _recentered(self, shift):
@@ -310,5 +316,5 @@ def mahalanobis(emb, mean, precision):
         t = torch.bmm(precision[a:b], diff[a:b])
         torch.sum(t.mul_(diff[a:b]), 1, out=d2[a:b])
 
-    _for_chunks(P, _chunk_size(d, emb.device, 4, _UPDATE_CHUNK_BYTES), emb.device, part)
+    _for_chunks(P, _gemm_chunk(d, emb.device), emb.device, part)
     return d2.clamp_(min=0).sqrt_().T
