@@ -15,6 +15,8 @@ fits can be split over chunks, processes or machines.
 """
 
 import concurrent.futures
+import contextlib
+import threading
 
 import torch
 
@@ -48,7 +50,7 @@ def _gemm_chunk(d, device):
 
 
 def _for_chunks(n_positions, chunk, device, fn):
-    """Call ``fn(a, b)`` for consecutive chunks of at most ``chunk`` positions covering ``0:n_positions``.
+    """Call ``fn(a, b)`` on consecutive chunks (at most ``chunk`` positions) of ``0:n_positions``.
 
     On the CPU the chunks are shared out to as many Python threads as torch
     has intra-op threads, each running torch single-threaded: torch calls
@@ -60,10 +62,6 @@ def _for_chunks(n_positions, chunk, device, fn):
         for a in range(0, n_positions, chunk):
             fn(a, min(a + chunk, n_positions))
         return
-    threads = torch.get_num_threads()
-    chunk = max(1, min(chunk, -(-n_positions // threads)))  # at least one chunk per thread
-    bounds = [(a, min(a + chunk, n_positions)) for a in range(0, n_positions, chunk)]
-    workers = max(1, min(threads, len(bounds)))
     # Grad and inference modes are per thread: carry the caller's into the workers.
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
@@ -71,8 +69,10 @@ def _for_chunks(n_positions, chunk, device, fn):
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             fn(*ab)
 
-    torch.set_num_threads(1)
-    try:
+    with _single_threaded_torch() as threads:
+        chunk = max(1, min(chunk, -(-n_positions // threads)))  # at least one chunk per thread
+        bounds = [(a, min(a + chunk, n_positions)) for a in range(0, n_positions, chunk)]
+        workers = max(1, min(threads, len(bounds)))
         if workers == 1:
             for ab in bounds:
                 fn(*ab)
@@ -86,8 +86,35 @@ def _for_chunks(n_positions, chunk, device, fn):
         finally:
             # On an error or an interrupt, drop the chunks not started yet.
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+@contextlib.contextmanager
+def _single_threaded_torch():
+    """Set torch to one intra-op thread; yield the caller's thread count.
+
+    torch's setting is process-wide, so concurrent callers (detectors used
+    from several threads) share one save / restore: the first in saves the
+    count, the last out restores it.
+    """
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+        threads = _threads_saved
+    try:
+        yield threads
     finally:
-        torch.set_num_threads(threads)
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0:
+                torch.set_num_threads(_threads_saved)
 
 
 def _covariance(outer, total, n, epsilon):

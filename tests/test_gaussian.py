@@ -193,3 +193,36 @@ def test_an_error_cancels_the_chunks_not_started():
     finally:
         torch.set_num_threads(threads)
     assert len(calls) < 20  # not all 200 chunks ran after the failure
+
+
+def test_concurrent_callers_restore_the_thread_count(monkeypatch):
+    import threading
+
+    x = _data(30, P=24)
+    s = _stats([x])
+    expected = s.precision(0.01)
+    monkeypatch.setattr(gaussian, "_CHUNK_BYTES", {"cpu": 8 * 4 * 4 * 2})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                results.append(s.precision(0.01))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    try:
+        workers = [threading.Thread(target=work) for _ in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert torch.get_num_threads() == 2  # not left at the workers' 1
+    finally:
+        torch.set_num_threads(threads)
+    assert not errors
+    assert len(results) == 60
+    for r in results:
+        np.testing.assert_array_equal(r.numpy(), expected.numpy())
