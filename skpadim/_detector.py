@@ -306,6 +306,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
                 seen += emb.shape[-1]
                 updates.add(emb.to(stats.outer.device))
             updates.flush()
+            del updates  # its buffer is not needed for the end-of-fit work
             if not first:
                 stats = stats.combine(self._stats)
             mean = stats.mean()

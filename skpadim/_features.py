@@ -254,9 +254,6 @@ class PatchEmbedding:
             return feats
         return [f for f, keep in zip(feats, self._keeps) if keep]
 
-    def release(self):
-        self._buffer = None
-
 
 def _nearest_index(n_in, n_out, device):
     scale = torch.tensor(n_in / n_out, dtype=torch.float32)
