@@ -4,7 +4,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 
 def _cpu_model():
@@ -88,16 +87,6 @@ class Clock:
 
     def add(self, name, seconds):
         self.t[name] = self.t.get(name, 0.0) + seconds
-
-    def timed(self, name, fn):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.add(name, time.perf_counter() - t0)
-
-        return wrapper
 
 
 def emit(lines):
