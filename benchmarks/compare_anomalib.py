@@ -4,7 +4,7 @@
 Both implementations get the very same inputs:
 
 * the same preprocessed images: every image file is decoded and resized once
-  with skpadim's own input pipeline (``skpadim._io.check_images(paths)
+  with skpadim's own input pipeline (``skpadim._engine.images.check_images(paths)
   .batches(...)``: bilinear, antialiased, to ``image_size``), and the result
   (float32 in [0, 1]) is cached; skpadim gets this array (its resize is then
   a no-op and it normalizes itself), anomalib gets the same tensors
@@ -186,7 +186,7 @@ def normalization(normalize):
 
 def image_batches(X, image_size, normalize, batch_size=BATCH_SIZE):
     """The detector's own batches of ``X``, normalized as the detector does."""
-    from skpadim._io import check_images
+    from skpadim._engine.images import check_images
 
     mean, std = normalization(normalize)
     for x, _ in check_images(X).batches(batch_size, _pair(image_size), "cpu"):
@@ -207,7 +207,7 @@ def prepare_data(root, image_size, quick, cache_dir, pad=False):
     from torchvision import tv_tensors
     from torchvision.transforms.v2 import functional as TF
 
-    from skpadim._io import check_images
+    from skpadim._engine.images import check_images
     from skpadim.datasets import load_magnetic_tile, read_masks
 
     hw = _pair(image_size)
@@ -286,7 +286,7 @@ def letterbox(paths, hw):
     """
     from PIL import Image
 
-    from skpadim._io import check_images
+    from skpadim._engine.images import check_images
 
     H, W = hw
     out = np.empty((len(paths), H, W), np.float32)
@@ -753,7 +753,7 @@ class Head:
     def update(self, full):
         import torch
 
-        from skpadim._gaussian import GaussianStats
+        from skpadim._engine.gaussian import GaussianStats
 
         t0 = time.perf_counter()
         emb = self.transform(full)
@@ -838,8 +838,8 @@ class Head:
         return torch.where(beta == 0, torch.zeros_like(beta), beta / delta)
 
     def maps(self, full, grid, size, sigma=4.0):
-        from skpadim._gaussian import mahalanobis
-        from skpadim._maps import anomaly_maps
+        from skpadim._engine.distances import mahalanobis
+        from skpadim._engine.maps import anomaly_maps
 
         t0 = time.perf_counter()
         emb = self.transform(full)
@@ -898,7 +898,8 @@ def heads_worker(job):
     import torch
 
     from skpadim import PadimDetector
-    from skpadim._features import LayerTaps, PatchEmbedding, probe_shapes
+    from skpadim._engine.embedding import PatchEmbedding
+    from skpadim._engine.taps import LayerTaps, probe_shapes
 
     cache = Path(job["cache"])
     cfg = job["cfg"]

@@ -108,7 +108,7 @@ def _rss_mb():
 
 def _no_reservoir_replacement():
     """Diagnostic: fill the calibration reservoir, then never replace its items."""
-    from skpadim._calibration import CAPACITY, Reservoir
+    from skpadim._engine.calibration import CAPACITY, Reservoir
 
     offer = Reservoir.offer
 

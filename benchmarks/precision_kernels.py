@@ -42,9 +42,9 @@ import time
 
 import torch
 
-from skpadim import _gaussian
-from skpadim._gaussian import GaussianStats
-from skpadim._malloc import heap_reuse
+from skpadim._engine import gaussian as _gaussian
+from skpadim._engine.gaussian import GaussianStats
+from skpadim._engine.heap import heap_reuse
 
 from _common import emit, load_average, machine_header, median, table
 

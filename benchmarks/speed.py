@@ -9,7 +9,7 @@ background load hits all of them alike (A, B, C, D, A, B, C, D, ...):
   same batches and preprocessing (uint8 -> float / 255, ImageNet
   normalization), under ``torch.inference_mode()``: the forward work PaDiM
   cannot avoid.
-* ``backbone, heap_reuse``: the same inside ``skpadim._malloc.heap_reuse()``,
+* ``backbone, heap_reuse``: the same inside ``skpadim._engine.heap.heap_reuse()``,
   which the detector uses around its own loops.
 * ``fit``: ``PadimDetector.fit``.
 * ``score_samples``: on the same images.
@@ -63,18 +63,18 @@ import time
 import numpy as np
 import torch
 
-import skpadim._calibration as _calibration_module
+import skpadim._engine.calibration as _calibration_module
 import skpadim._detector as _detector_module
 from skpadim import PadimDetector
-from skpadim._features import LayerTaps
-from skpadim._gaussian import GaussianStats
-from skpadim._malloc import heap_reuse
+from skpadim._engine.gaussian import GaussianStats
+from skpadim._engine.taps import LayerTaps
+from skpadim._engine.heap import heap_reuse
 from skpadim.datasets import make_anomaly_images
 
 from _common import Clock, emit, load_average, machine_header, median, spread, table
 
 TARGET = 0.75
-CALIBRATION_CAPACITY = 64  # skpadim._calibration.CAPACITY: at most 64 held-out images
+CALIBRATION_CAPACITY = 64  # skpadim._engine.calibration.CAPACITY: at most 64 held-out images
 _IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 # The clock the instrumentation writes to (a fresh one for each measured call).

@@ -63,7 +63,7 @@ def resnet18():
     """(detector parameters, description): ImageNet weights if cached, else random."""
     import torchvision
 
-    from skpadim._backbone import weights_cache_path
+    from skpadim._engine.backbone import weights_cache_path
 
     weights = torchvision.models.ResNet18_Weights.DEFAULT
     if os.path.exists(weights_cache_path(weights)):

@@ -17,7 +17,7 @@ import time
 from sklearn.metrics import roc_auc_score
 
 from skpadim import PadimDetector
-from skpadim._backbone import WeightsUnavailableError
+from skpadim.exceptions import WeightsUnavailableError
 from skpadim.datasets import make_anomaly_images
 
 
@@ -27,7 +27,7 @@ def pick_backbone():
 
     import torchvision
 
-    from skpadim._backbone import weights_cache_path
+    from skpadim._engine.backbone import weights_cache_path
 
     weights = torchvision.models.ResNet18_Weights.DEFAULT
     if os.path.exists(weights_cache_path(weights)):

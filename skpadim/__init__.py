@@ -10,9 +10,9 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["PadimDetector", "datasets", "metrics", "__version__"]
+__all__ = ["PadimDetector", "datasets", "exceptions", "metrics", "__version__"]
 
-_SUBMODULES = {"datasets", "metrics", "plot", "cli"}
+_SUBMODULES = {"datasets", "exceptions", "metrics", "plot", "cli"}
 
 
 def __getattr__(name):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._backbone import WeightsUnavailableError
+from .exceptions import WeightsUnavailableError
 from ._cli_data import (
     collect_images,
     flag,

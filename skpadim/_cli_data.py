@@ -94,7 +94,7 @@ def scores_and_maps(detector, paths, bar, *, with_maps):
     maps as :meth:`PadimDetector.anomaly_map` in one pass over the backbone;
     maps are resized to each image's own size as ``anomaly_map`` does.
     """
-    from ._io import resize
+    from ._engine.images import resize
 
     i = 0
     for maps, sizes in detector._maps(paths, desc="predict"):

@@ -16,7 +16,7 @@ import math
 import os
 import zipfile
 
-from ._backbone import weights_cache_path
+from ._engine.backbone import weights_cache_path
 
 EFFICIENTNET = "efficientnet-lite0"
 # Marker attribute written into the model file (see the module docstring).
@@ -171,7 +171,7 @@ def threshold_of(detector):
 
 def describe(detector, path):
     """Facts about a fitted detector and its file, as an ordered dict."""
-    from ._params import image_size_pair
+    from ._engine.params import image_size_pair
 
     config = peek_config(path)
     config = config if isinstance(config, dict) else {}

@@ -11,16 +11,19 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from . import _params
-from ._backbone import build_backbone, default_layers, default_n_features
-from ._calibration import Reservoir, offset_from_scores
-from ._features import LayerTaps, PatchEmbedding, auto_layers, probe_shapes, random_feature_index
-from ._gaussian import BufferedUpdate, GaussianStats, mahalanobis
-from ._io import check_images, resize
+from ._engine import params as _params
+from ._engine.backbone import build_backbone, default_layers, default_n_features
+from ._engine.calibration import Reservoir, offset_from_scores
+from ._engine.distances import mahalanobis
+from ._engine.embedding import PatchEmbedding, random_feature_index
+from ._engine.gaussian import BufferedUpdate, GaussianStats
+from ._engine.heap import heap_reuse
+from ._engine.images import check_images, resize
+from ._engine.maps import anomaly_maps
+from ._engine.persist import modules_run, restore_state, slim_state, used_state_keys
+from ._engine.taps import LayerTaps, auto_layers, probe_shapes
 from ._labels import anomaly_labels
-from ._malloc import heap_reuse
-from ._maps import anomaly_maps
-from ._persist import modules_run, restore_state, slim_state, used_state_keys
+from .exceptions import DeviceOutOfMemoryError
 
 # Private fitted state, removed by fit (public fitted attributes end with "_").
 _STATE = (
@@ -302,16 +305,21 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
             updates = BufferedUpdate(stats)
             for emb, _, feats in self._embeddings(images, desc="fit"):
-                reservoir.offer(emb.shape[-1], seen, rng, functools.partial(self._embedding.kept_channels, feats))
+                with _stage("reservoir"):
+                    reservoir.offer(emb.shape[-1], seen, rng, functools.partial(self._embedding.kept_channels, feats))
                 seen += emb.shape[-1]
-                updates.add(emb.to(stats.outer.device))
-            updates.flush()
+                with _stage("update"):
+                    updates.add(emb.to(stats.outer.device))
+            with _stage("update"):
+                updates.flush()
             del updates  # its buffer is not needed for the end-of-fit work
-            if not first:
-                stats = stats.combine(self._stats)
-            mean = stats.mean()
-            precision = stats.precision(epsilon)
-            scores = self._calibration_scores(stats, reservoir, epsilon, sigma)
+            with _stage("precision"):
+                if not first:
+                    stats = stats.combine(self._stats)
+                mean = stats.mean()
+                precision = stats.precision(epsilon)
+            with _stage("calibration"):
+                scores = self._calibration_scores(stats, reservoir, epsilon, sigma)
         self._epsilon, self._sigma = epsilon, sigma
         self._stats = stats
         self._reservoir = reservoir
@@ -333,7 +341,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     # -------------------------------------------------------------- predict
 
-    def anomaly_map(self, X):
+    def anomaly_map(self, X, *, return_scores=False):
         """Per-pixel anomaly maps (higher = more anomalous).
 
         Mahalanobis distance of every patch, upsampled bilinearly to
@@ -343,20 +351,27 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         Parameters
         ----------
         X : array of shape (N, H, W[, C]), list of images or list of paths
+        return_scores : bool, default=False
+            Also return ``score_samples(X)``, computed in the same pass over
+            the backbone (the score is taken before the resize to each
+            image's own size, exactly as :meth:`score_samples` does).
 
         Returns
         -------
         maps : ndarray of shape (N, H, W), float32, or a list of (H_i, W_i)
             arrays when the images have different sizes.
+        scores : ndarray of shape (N,), float64
+            Only with ``return_scores=True``.
         """
-        out = []
+        out, scores = [], []
         for maps, sizes in self._maps(X, desc="anomaly_map"):
+            scores.append(-maps.amax(dim=(1, 2)).double().cpu().numpy())
             for m, size in zip(maps, sizes):
                 m = resize(m[None, None], size)[0, 0] if tuple(m.shape) != size else m
                 out.append(m.cpu().numpy())
         if len({m.shape for m in out}) == 1:
-            return np.stack(out)
-        return out
+            out = np.stack(out)
+        return (out, np.concatenate(scores)) if return_scores else out
 
     def score_samples(self, X):
         """Minus the maximum of each image's anomaly map (lower = more abnormal).
@@ -406,8 +421,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         h, w = self.feature_map_shape_
         with heap_reuse(), torch.inference_mode(), _out_of_memory_hint(self):
             for emb, sizes, _ in self._embeddings(images, desc=desc):
-                dist = mahalanobis(emb, mean, precision).reshape(-1, h, w)
-                yield anomaly_maps(dist, self._image_size, self._sigma), sizes
+                with _stage("mahalanobis"):
+                    dist = mahalanobis(emb, mean, precision).reshape(-1, h, w)
+                with _stage("maps"):
+                    maps = anomaly_maps(dist, self._image_size, self._sigma)
+                yield maps, sizes
 
     # -------------------------------------------------------------- helpers
 
@@ -420,11 +438,19 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             mean = torch.tensor(self._norm[0], device=self.device_).view(1, 3, 1, 1)
             std = torch.tensor(self._norm[1], device=self.device_).view(1, 3, 1, 1)
         try:
-            for x, sizes in batches:
-                if mean is not None:
-                    x = (x - mean) / std
-                feats = self._taps(x)
-                yield self._embedding(feats), sizes, feats
+            while True:
+                with _stage("decode"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, sizes = batch
+                with _stage("backbone"):
+                    if mean is not None:
+                        x = (x - mean) / std
+                    feats = self._taps(x)
+                with _stage("embedding"):
+                    emb = self._embedding(feats)
+                yield emb, sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))
         finally:
@@ -480,7 +506,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ----------
         path : str or os.PathLike
         """
-        from ._safe_io import save
+        from ._engine.model_file import save
 
         save(self, path)
 
@@ -500,9 +526,19 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         -------
         detector : PadimDetector
         """
-        from ._safe_io import load
+        from ._engine.model_file import load
 
         return load(cls, path, backbone=backbone)
+
+
+def _stage(name):
+    """A ``torch.profiler.record_function`` range named ``skpadim.<name>``.
+
+    The stages of fit and predict (decode, backbone, embedding, reservoir,
+    update, precision, calibration, mahalanobis, maps) show up under these
+    names in a torch profiler trace; benchmarks/speed.py times them that way.
+    """
+    return torch.profiler.record_function(f"skpadim.{name}")
 
 
 def _progress_bar(total, desc, disable=False):
@@ -561,10 +597,6 @@ def _check_memory(n_positions, n_features, device):
             f"{device.type} device has ({available / 2**30:.1f} GiB). Lower n_features "
             "(the paper uses 100 for resnet18 and 550 for wide_resnet50_2) or image_size."
         )
-
-
-class DeviceOutOfMemoryError(MemoryError):
-    """The accelerator ran out of memory while processing a batch of images."""
 
 
 _OOM_TYPES = tuple(

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 def preprocessed(det, X):
     """The detector's own preprocessing (resize + normalization), float64 numpy."""
-    from skpadim._io import check_images
+    from skpadim._engine.images import check_images
 
     images = check_images(X)
     mean = torch.tensor(det._norm[0]).view(1, 3, 1, 1)

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from skpadim import PadimDetector
-from skpadim._maps import smooth, upsample
+from skpadim._engine.maps import smooth, upsample
 from skpadim.datasets import make_anomaly_images
 from skpadim.metrics import image_auroc
 

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from skpadim import PadimDetector
-from skpadim._backbone import WeightsUnavailableError, weights_cache_path
+from skpadim._engine.backbone import weights_cache_path
+from skpadim.exceptions import WeightsUnavailableError
 
 from conftest import SMALL, textured
 

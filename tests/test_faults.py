@@ -7,8 +7,8 @@ from PIL import Image
 from sklearn.exceptions import NotFittedError
 
 from skpadim import PadimDetector
-from skpadim._features import PatchEmbedding
-from skpadim._gaussian import GaussianStats
+from skpadim._engine.embedding import PatchEmbedding
+from skpadim._engine.gaussian import GaussianStats
 
 from conftest import SMALL, textured
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from skpadim._features import PatchEmbedding
+from skpadim._engine.embedding import PatchEmbedding
 
 # Layer shapes of a toy backbone; 8 / 3 is not an integer ratio (nearest-index path).
 SHAPES = [(4, 8, 8), (6, 4, 4), (5, 3, 3)]

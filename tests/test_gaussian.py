@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-import skpadim._gaussian as gaussian
-from skpadim._gaussian import BufferedUpdate, GaussianStats, mahalanobis
+import skpadim._engine.gaussian as gaussian
+import skpadim._engine.parallel as parallel
+from skpadim._engine.distances import mahalanobis
+from skpadim._engine.gaussian import BufferedUpdate, GaussianStats
 
 
 def _data(n, P=5, d=4, seed=0, offset=100.0):
@@ -189,7 +191,7 @@ def test_an_error_cancels_the_chunks_not_started():
     torch.set_num_threads(2)
     try:
         with pytest.raises(ValueError, match="chunk 0"):
-            gaussian._for_chunks(200, 1, "cpu", fn)
+            parallel.for_chunks(200, 1, "cpu", fn)
     finally:
         torch.set_num_threads(threads)
     assert len(calls) < 20  # not all 200 chunks ran after the failure

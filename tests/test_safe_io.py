@@ -14,7 +14,7 @@ from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from skpadim import PadimDetector
-from skpadim import _safe_io
+from skpadim._engine import model_file as _safe_io
 
 from conftest import SMALL, textured
 

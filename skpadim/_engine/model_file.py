@@ -47,7 +47,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from ._persist import (
+from .persist import (
     EXPORTED,
     backbone_weights,
     export_state,
@@ -122,7 +122,7 @@ def _sha256(arr):
 
 def save(est, path):
     """Write fitted detector ``est`` to ``path`` (see the module docstring)."""
-    from . import __version__
+    from .. import __version__
 
     check_is_fitted(est, "precision_")
     state = vars(est)
@@ -291,7 +291,7 @@ def _check_version(path, config):
     if not isinstance(version, int) or isinstance(version, bool):
         raise _refuse(path, f"invalid format_version {version!r}.")
     if version > FORMAT_VERSION:
-        from . import __version__
+        from .. import __version__
 
         raise _refuse(
             path,

@@ -1,4 +1,4 @@
-"""One Gaussian per patch position: mergeable sufficient statistics and distances.
+"""One Gaussian per patch position: mergeable sufficient statistics (fit).
 
 The running statistics of each position are the count ``n``, a fixed shift
 ``c`` (the first batch's mean, rounded to float32), the sum of the shifted
@@ -14,11 +14,9 @@ Statistics with different shifts merge exactly (and can be subtracted), so
 fits can be split over chunks, processes or machines.
 """
 
-import concurrent.futures
-import contextlib
-import threading
-
 import torch
+
+from .parallel import for_chunks
 
 # Bytes of float64 matrices per chunk of positions when factorizing: small
 # enough to stay in the caches on a CPU (and for the worker threads' malloc
@@ -42,79 +40,11 @@ def _chunk_size(d, device, itemsize=8, budget=None):
     return max(1, budget // (itemsize * d * d))
 
 
-def _gemm_chunk(d, device):
+def gemm_chunk(d, device):
     """Positions per chunk for the batched GEMMs: ~64 MB of float32 sums on a CPU, all on a GPU."""
     if torch.device(device).type != "cpu":
         return 1 << 62
     return _chunk_size(d, device, 4, _UPDATE_CHUNK_BYTES)
-
-
-def _for_chunks(n_positions, chunk, device, fn):
-    """Call ``fn(a, b)`` on consecutive chunks (at most ``chunk`` positions) of ``0:n_positions``.
-
-    On the CPU the chunks are shared out to as many Python threads as torch
-    has intra-op threads, each running torch single-threaded: torch calls
-    LAPACK once per small matrix, and one matrix per core beats several
-    cores on one matrix; batched GEMMs gain too (benchmarks/precision_kernels.py).
-    Exceptions propagate; the threads are joined before returning.
-    """
-    if torch.device(device).type != "cpu":
-        for a in range(0, n_positions, chunk):
-            fn(a, min(a + chunk, n_positions))
-        return
-    # Grad and inference modes are per thread: carry the caller's into the workers.
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-    def run(ab):
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            fn(*ab)
-
-    with _single_threaded_torch() as threads:
-        chunk = max(1, min(chunk, -(-n_positions // threads)))  # at least one chunk per thread
-        bounds = [(a, min(a + chunk, n_positions)) for a in range(0, n_positions, chunk)]
-        workers = max(1, min(threads, len(bounds)))
-        if workers == 1:
-            for ab in bounds:
-                fn(*ab)
-            return
-        pool = concurrent.futures.ThreadPoolExecutor(
-            workers, initializer=torch.set_num_threads, initargs=(1,)
-        )
-        try:
-            # list() re-raises the first exception of a chunk, in order.
-            list(pool.map(run, bounds))
-        finally:
-            # On an error or an interrupt, drop the chunks not started yet.
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = 1
-
-
-@contextlib.contextmanager
-def _single_threaded_torch():
-    """Set torch to one intra-op thread; yield the caller's thread count.
-
-    torch's setting is process-wide, so concurrent callers (detectors used
-    from several threads) share one save / restore: the first in saves the
-    count, the last out restores it.
-    """
-    global _threads_users, _threads_saved
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _threads_users += 1
-        threads = _threads_saved
-    try:
-        yield threads
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0:
-                torch.set_num_threads(_threads_saved)
 
 
 def _covariance(outer, total, n, epsilon):
@@ -191,7 +121,7 @@ class GaussianStats:
                 # In place on a strided view: BLAS writes straight into the sums.
                 self.outer[a:b, rows, cols].baddbmm_(emb[a:b, rows], emb[a:b, cols].mT)
 
-        _for_chunks(P, _gemm_chunk(d, self.outer.device), self.outer.device, add)
+        for_chunks(P, gemm_chunk(d, self.outer.device), self.outer.device, add)
         self.n += B
 
     def _recentered(self, shift):
@@ -223,7 +153,7 @@ class GaussianStats:
             corr.baddbmm_(dl[:, :, None], dl[:, None, :], alpha=other.n)
             self.outer[a:b] += (sign * corr).to(self.outer.dtype)
 
-        _for_chunks(self.shape[0], _chunk_size(d, self.outer.device), self.outer.device, merge)
+        for_chunks(self.shape[0], _chunk_size(d, self.outer.device), self.outer.device, merge)
         self.total += sign * o_total
         self.n += sign * other.n
         return self
@@ -255,7 +185,7 @@ class GaussianStats:
             cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon)
             out[a:b] = torch.cholesky_inverse(_cholesky_upper(cov, epsilon), upper=True)
 
-        _for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
+        for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
 
     def distances_of(self, emb, epsilon, held_out=False):
@@ -285,7 +215,7 @@ class GaussianStats:
             z = torch.linalg.solve_triangular(U.mT, y - (total / n)[:, :, None], upper=False)
             out[a:b] = z.square().sum(1)
 
-        _for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
+        for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
         return out.sqrt_()
 
 
@@ -328,20 +258,3 @@ class BufferedUpdate:
         if self.fill:
             self.stats.update(self.buffer[..., : self.fill])
             self.fill = 0
-
-
-def mahalanobis(emb, mean, precision):
-    """Distances (B, P) of ``emb`` (P, d, B) to Gaussians (mean (P, d), precision (P, d, d)).
-
-    ``emb`` is overwritten (it becomes ``emb - mean``).
-    """
-    P, d, B = emb.shape
-    diff = emb.sub_(mean[..., None])
-    d2 = torch.empty(P, B, dtype=emb.dtype, device=emb.device)
-
-    def part(a, b):
-        t = torch.bmm(precision[a:b], diff[a:b])
-        torch.sum(t.mul_(diff[a:b]), 1, out=d2[a:b])
-
-    _for_chunks(P, _gemm_chunk(d, emb.device), emb.device, part)
-    return d2.clamp_(min=0).sqrt_().T

@@ -30,10 +30,11 @@ import warnings
 import numpy as np
 import torch
 
-from . import _params
-from ._calibration import Reservoir
-from ._features import LayerTaps, PatchEmbedding
-from ._gaussian import GaussianStats
+from . import params as _params
+from .calibration import Reservoir
+from .embedding import PatchEmbedding
+from .taps import LayerTaps
+from .gaussian import GaussianStats
 
 # Rebuilt on load from the exported state.
 _DERIVED = ("_taps", "_embedding", "_cache", "_reservoir", "mean_", "precision_", "backbone_")

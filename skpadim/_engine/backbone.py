@@ -12,6 +12,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ..exceptions import WeightsUnavailableError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -19,10 +21,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESNET_LAYERS = ("layer1", "layer2", "layer3")
 _PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 _RESNET_PREFIXES = ("resnet", "wide_resnet", "resnext")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither in the local cache nor downloadable."""
 
 
 def _classification_models():

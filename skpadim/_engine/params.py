@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._backbone import IMAGENET_MEAN, IMAGENET_STD
+from .backbone import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _fail(name, expected, value):
