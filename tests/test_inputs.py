@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from skpadim import PadimDetector
-from skpadim._engine.images import ImageSet, check_images
+from skpadim._images import ImageSet, check_images
 
 from conftest import SMALL, textured
 
