@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from ._cli_model import CLIError
-from ._loaders import IMAGE_EXTENSIONS
+from .datasets import IMAGE_EXTENSIONS
 
 _EXTENSIONS = ", ".join(IMAGE_EXTENSIONS)
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sklearn.utils import Bunch
 
-from skpadim._synthetic import _generate
+from skpadim.datasets._synthetic import _generate
 from skpadim.datasets import (
     DEFECT_TYPES,
     load_folder,

@@ -3,87 +3,26 @@
 Nothing is downloaded: every loader reads a folder that is already on disk
 and returns a :class:`sklearn.utils.Bunch` of file paths and labels.  The
 images themselves are not read; pass ``bunch.images`` to the detector, and
-``bunch`` to :func:`read_masks` for the ground-truth masks.
+``bunch`` to :func:`~skpadim.datasets.read_masks` for the ground-truth masks.
 """
 
-from pathlib import Path
-
 import numpy as np
-from PIL import Image
-from sklearn.utils import Bunch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from ._files import (
+    check_root,
+    find_mask,
+    images_in,
+    records_to_bunch,
+    require_dir,
+    subdirs,
+)
+
 _MVTEC_LAYOUT = (
     "<category>/train/good/*.png, <category>/test/<defect>/*.png and "
     "<category>/ground_truth/<defect>/<name>_mask.png"
 )
 _MT_LAYOUT = "MT_Free/Imgs/<name>.jpg and MT_<Defect>/Imgs/<name>.jpg, masks <name>.png"
 
-
-def _is_image(path):
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _subdirs(folder):
-    """Sorted non-hidden subfolders of ``folder``."""
-    return sorted(
-        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-
-
-def _images_in(folder):
-    """Sorted image files directly inside ``folder``; raise if there are none."""
-    files = sorted(p for p in folder.iterdir() if _is_image(p))
-    if not files:
-        raise ValueError(
-            f"Folder '{folder}' holds no images; expected files with one of the "
-            f"extensions {', '.join(IMAGE_EXTENSIONS)} (case-insensitive)."
-        )
-    return files
-
-
-def _check_root(root, what):
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{what} root folder '{root}' does not exist.")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{what} root '{root}' is not a folder.")
-    return root
-
-
-def _require_dir(folder, what):
-    if not folder.is_dir():
-        parent = folder.parent
-        found = [p.name for p in _subdirs(parent)] if parent.is_dir() else []
-        raise FileNotFoundError(
-            f"Expected folder '{folder}' ({what}), but it does not exist; "
-            f"'{parent}' holds the subfolders {found}."
-        )
-
-
-def _find_mask(folder, stems):
-    """First existing ``folder/<stem><ext>`` over ``stems`` and image extensions."""
-    if not folder.is_dir():
-        return None
-    by_name = {p.name.lower(): p for p in folder.iterdir() if _is_image(p)}
-    for stem in stems:
-        for ext in IMAGE_EXTENSIONS:
-            hit = by_name.get((stem + ext).lower())
-            if hit is not None:
-                return hit
-    return None
-
-
-def _bunch(records, root):
-    """Build the Bunch from ``(image, label, mask, defect_type)`` records."""
-    records = sorted(records, key=lambda r: str(r[0]))
-    return Bunch(
-        images=[str(r[0]) for r in records],
-        labels=np.array([r[1] for r in records], dtype=np.int64),
-        masks=[None if r[2] is None else str(r[2]) for r in records],
-        defect_types=np.array([r[3] for r in records], dtype=str),
-        root=str(root),
-    )
 
 
 def load_mvtec(root, category=None, *, split="test"):
@@ -147,10 +86,10 @@ def load_mvtec(root, category=None, *, split="test"):
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    root = _check_root(root, "MVTec AD")
+    root = check_root(root, "MVTec AD")
     cat_dir = root if category is None else root / str(category)
     if category is not None and not cat_dir.is_dir():
-        found = [p.name for p in _subdirs(root)]
+        found = [p.name for p in subdirs(root)]
         raise FileNotFoundError(
             f"MVTec AD category folder '{cat_dir}' does not exist; "
             f"'{root}' holds the subfolders {found}."
@@ -159,8 +98,8 @@ def load_mvtec(root, category=None, *, split="test"):
     hint = ""
     if category is None:
         hint = "; pass category=<name> if root holds categories"
-    _require_dir(split_dir, f"the MVTec AD layout {_MVTEC_LAYOUT}{hint}")
-    defect_dirs = _subdirs(split_dir)
+    require_dir(split_dir, f"the MVTec AD layout {_MVTEC_LAYOUT}{hint}")
+    defect_dirs = subdirs(split_dir)
     if not defect_dirs:
         raise ValueError(
             f"Folder '{split_dir}' holds no subfolders; expected 'good' and one "
@@ -168,19 +107,19 @@ def load_mvtec(root, category=None, *, split="test"):
         )
     records = []
     for d in defect_dirs:
-        for img in _images_in(d):
+        for img in images_in(d):
             if d.name == "good":
                 records.append((img, 0, None, "good"))
                 continue
             gt_dir = cat_dir / "ground_truth" / d.name
-            mask = _find_mask(gt_dir, [img.stem + "_mask"])
+            mask = find_mask(gt_dir, [img.stem + "_mask"])
             if mask is None:
                 raise FileNotFoundError(
                     f"Defective image '{img}' has no mask: expected "
                     f"'{gt_dir / (img.stem + '_mask.png')}'."
                 )
             records.append((img, 1, mask, d.name))
-    return _bunch(records, root)
+    return records_to_bunch(records, root)
 
 
 def load_folder(root, *, normal_dir="good", mask_dir=None):
@@ -242,30 +181,30 @@ def load_folder(root, *, normal_dir="good", mask_dir=None):
     >>> [Path(m).name if m else None for m in data.masks]
     ['c.png', None, None]
     """
-    root = _check_root(root, "Image")
+    root = check_root(root, "Image")
     normal = root / str(normal_dir)
-    _require_dir(
+    require_dir(
         normal, f"normal_dir={normal_dir!r}: the folder of the normal images"
     )
     mask_root = None
     if mask_dir is not None:
         mask_root = root / str(mask_dir)
-        _require_dir(mask_root, f"mask_dir={mask_dir!r}: the folder of the masks")
-    records = [(img, 0, None, "good") for img in _images_in(normal)]
-    for d in _subdirs(root):
+        require_dir(mask_root, f"mask_dir={mask_dir!r}: the folder of the masks")
+    records = [(img, 0, None, "good") for img in images_in(normal)]
+    for d in subdirs(root):
         if d == normal or d == mask_root:
             continue
-        for img in _images_in(d):
+        for img in images_in(d):
             mask = None
             if mask_root is not None:
-                mask = _find_mask(mask_root / d.name, [img.stem, img.stem + "_mask"])
+                mask = find_mask(mask_root / d.name, [img.stem, img.stem + "_mask"])
             records.append((img, 1, mask, d.name))
-    return _bunch(records, root)
+    return records_to_bunch(records, root)
 
 
 def _photos_in(folder):
     """The images of a Magnetic Tile ``Imgs`` folder: its non-.png image files."""
-    photos = [p for p in _images_in(folder) if p.suffix.lower() != ".png"]
+    photos = [p for p in images_in(folder) if p.suffix.lower() != ".png"]
     if not photos:
         raise ValueError(
             f"Folder '{folder}' holds no images, only .png masks; expected "
@@ -345,9 +284,9 @@ def load_magnetic_tile(root, *, split=None, test_every=5):
         or test_every < 2
     ):
         raise ValueError(f"test_every must be an integer >= 2, got {test_every!r}.")
-    root = _check_root(root, "Magnetic Tile")
+    root = check_root(root, "Magnetic Tile")
     free = root / "MT_Free" / "Imgs"
-    _require_dir(free, f"Magnetic Tile layout {_MT_LAYOUT}")
+    require_dir(free, f"Magnetic Tile layout {_MT_LAYOUT}")
     normal = _photos_in(free)
     records = []
     for i, img in enumerate(normal):  # sorted by name: the split rule's order
@@ -355,12 +294,12 @@ def load_magnetic_tile(root, *, split=None, test_every=5):
         if split is None or in_test == (split == "test"):
             records.append((img, 0, None, "good"))
     defect_dirs = [
-        d for d in _subdirs(root) if d.name.startswith("MT_") and d.name != "MT_Free"
+        d for d in subdirs(root) if d.name.startswith("MT_") and d.name != "MT_Free"
     ]
     if split != "train":
         for d in defect_dirs:
             imgs = d / "Imgs"
-            _require_dir(imgs, f"Magnetic Tile layout {_MT_LAYOUT}")
+            require_dir(imgs, f"Magnetic Tile layout {_MT_LAYOUT}")
             for img in _photos_in(imgs):
                 mask = img.with_suffix(".png")
                 if not mask.is_file():
@@ -368,96 +307,4 @@ def load_magnetic_tile(root, *, split=None, test_every=5):
                         f"Defective image '{img}' has no mask: expected '{mask}'."
                     )
                 records.append((img, 1, mask, d.name[len("MT_") :]))
-    return _bunch(records, root)
-
-
-def _shape_list(shapes, n):
-    if shapes is None:
-        return [None] * n
-    arr = np.asarray(shapes)
-    if arr.shape == (2,):
-        return [tuple(int(s) for s in arr)] * n
-    if arr.ndim == 2 and arr.shape == (n, 2):
-        return [tuple(int(s) for s in row) for row in arr]
-    raise ValueError(
-        f"shapes must be one (height, width) pair or {n} of them (one per "
-        f"mask), got an array of shape {arr.shape}."
-    )
-
-
-def read_masks(mask_paths, shapes=None):
-    """Read ground-truth masks as boolean arrays.
-
-    Parameters
-    ----------
-    mask_paths : list of (str, path-like or None), or Bunch
-        Mask file paths; None stands for an image without a defect.  A
-        Bunch returned by a loader of this module is accepted too: its
-        ``masks`` are read and the shape of each None entry is taken from
-        the header of the matching file in ``images``.
-    shapes : (height, width) or list of (height, width), default=None
-        Shape of every mask, or one shape per mask.  Required for None
-        entries unless ``mask_paths`` is a Bunch; when given, every mask
-        read from a file must have this shape.
-
-    Returns
-    -------
-    masks : list of ndarray of shape (height, width), dtype=bool
-        True where the mask pixel is > 127 (colour masks are converted to
-        grayscale first); all False for None entries.
-
-    Raises
-    ------
-    ValueError
-        If the shape of a None entry is unknown, or a mask does not have
-        the shape given in ``shapes``.
-    FileNotFoundError
-        If a mask file does not exist.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from pathlib import Path
-    >>> from PIL import Image
-    >>> from skpadim.datasets import read_masks
-    >>> path = Path(tempfile.mkdtemp()) / "mask.png"
-    >>> Image.new("L", (6, 4), color=255).save(path)
-    >>> masks = read_masks([path, None], shapes=(4, 6))
-    >>> [m.shape for m in masks], [int(m.sum()) for m in masks]
-    ([(4, 6), (4, 6)], [24, 0])
-    """
-    images = None
-    if isinstance(mask_paths, Bunch) or (
-        isinstance(mask_paths, dict) and "masks" in mask_paths
-    ):
-        images = mask_paths.get("images")
-        mask_paths = mask_paths["masks"]
-    mask_paths = list(mask_paths)
-    wanted = _shape_list(shapes, len(mask_paths))
-    out = []
-    for i, path in enumerate(mask_paths):
-        shape = wanted[i]
-        if path is None:
-            if shape is None and images is not None:
-                with Image.open(images[i]) as im:
-                    shape = (im.height, im.width)
-            if shape is None:
-                raise ValueError(
-                    f"mask_paths[{i}] is None and its shape is unknown: pass "
-                    "shapes=(height, width) or the Bunch returned by a loader."
-                )
-            out.append(np.zeros(shape, dtype=bool))
-            continue
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"Mask file '{path}' (mask_paths[{i}]) does not exist."
-            )
-        with Image.open(path) as im:
-            mask = np.asarray(im.convert("L")) > 127
-        if shape is not None and mask.shape != shape:
-            raise ValueError(
-                f"Mask '{path}' (mask_paths[{i}]) has shape {mask.shape}, "
-                f"expected {shape} from shapes."
-            )
-        out.append(mask)
-    return out
+    return records_to_bunch(records, root)

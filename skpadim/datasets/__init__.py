@@ -18,13 +18,9 @@ Examples
 ((6, 32, 32, 3), [0, 0, 0, 0, 1, 1], (6, 32, 32))
 """
 
-from ._loaders import (
-    IMAGE_EXTENSIONS,
-    load_folder,
-    load_magnetic_tile,
-    load_mvtec,
-    read_masks,
-)
+from ._files import IMAGE_EXTENSIONS
+from ._loaders import load_folder, load_magnetic_tile, load_mvtec
+from ._masks import read_masks
 from ._synthetic import DEFECT_TYPES, make_anomaly_images
 
 __all__ = [
