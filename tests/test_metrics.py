@@ -19,7 +19,7 @@ from sklearn.model_selection import (
     cross_val_score,
 )
 
-from skpadim import _pixels
+from skpadim.metrics import _pixel_passes
 from skpadim.metrics import (
     aupro,
     calibrate_threshold,
@@ -228,8 +228,8 @@ def test_pixel_binned_path_close_to_sklearn(seed):
 @pytest.mark.parametrize("n_bins", [8, 64, 1024])
 def test_binning_error_within_documented_bounds(n_bins):
     masks, maps = _pixel_data(5, shapes=[(30, 30)] * 4)
-    scan = _pixels.scan(masks, maps)
-    tally, _ = _pixels.pixel_tally(masks, maps, scan, n_bins)
+    scan = _pixel_passes.scan(masks, maps)
+    tally, _ = _pixel_passes.pixel_tally(masks, maps, scan, n_bins)
     p, n = tally.pos / scan.n_pos, tally.neg / scan.n_neg
     binned = pixel_auroc(masks, maps, n_bins=n_bins)
     assert abs(binned - pixel_auroc(masks, maps)) <= np.sum(p * n) / 2 + 1e-12
@@ -282,8 +282,8 @@ def test_binned_threshold_flags_exactly_the_counted_pixels(n_bins, dtype):
 def test_auto_mode_bins_large_data_sets(monkeypatch):
     masks, maps = _pixel_data(4)
     exact = pixel_auroc(masks, maps)
-    monkeypatch.setattr(_pixels, "EXACT_MAX_PIXELS", 100)
-    monkeypatch.setattr(_pixels, "DEFAULT_N_BINS", 2**10)
+    monkeypatch.setattr(_pixel_passes, "EXACT_MAX_PIXELS", 100)
+    monkeypatch.setattr(_pixel_passes, "DEFAULT_N_BINS", 2**10)
     auto = pixel_auroc(masks, maps)
     assert auto == pixel_auroc(masks, maps, n_bins=2**10)
     assert auto != exact

@@ -291,7 +291,7 @@ def test_pro_curve_matches_aupro_and_its_definition(n_bins):
     assert thresholds[0] == np.inf and np.all(np.diff(thresholds) < 0)
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(pro) >= 0)
     assert fpr[-1] == pytest.approx(1) and pro[-1] == pytest.approx(1)
-    from skpadim._curves import truncated_area
+    from skpadim.metrics._curves import truncated_area
 
     for limit in (0.05, 0.3, 1.0):
         area = truncated_area(fpr, pro, limit) / limit

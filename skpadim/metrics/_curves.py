@@ -11,7 +11,7 @@ curves.
 * An *exact* tally has one group per distinct score (:func:`exact_tally`):
   the curves are then the exact ones, ties counted as scikit-learn does.
 * A *binned* tally has one group per histogram bin, ``t_k`` being the bin's
-  lower edge (built in :mod:`skpadim._pixels`): the curves are evaluated at
+  lower edge (built in :mod:`skpadim.metrics._pixel_passes`): the curves are evaluated at
   the bin edges only.
 """
 

@@ -2,7 +2,7 @@
 
 Pixel metrics never concatenate the maps of a large data set.  A first pass
 validates every (mask, map) pair and records the pixel counts and the global
-score range; a second pass builds a :class:`~skpadim._curves.Tally`:
+score range; a second pass builds a :class:`~skpadim.metrics._curves.Tally`:
 
 * exact (one group per distinct score) when the data set holds at most
   :data:`EXACT_MAX_PIXELS` pixels and the caller asked for ``n_bins=None``;

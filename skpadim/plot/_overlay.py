@@ -1,59 +1,19 @@
-"""Pictures of detections and of ranking curves, with matplotlib.
-
-matplotlib is an optional dependency (``pip install "skpadim[plot]"``); it is
-imported when a function of this module is called, not when the module is.
-
-- :func:`plot_anomaly_overlay` draws an image, its anomaly map as a
-  semi-transparent heat map, the ground-truth defect outline (green) and the
-  outline of the region above a threshold (red).
-- :func:`plot_detection` does the same for a fitted detector, at the map level
-  where the detector flags an image (``-detector.offset_``).
-- :func:`plot_roc` and :func:`plot_pro` draw the image ROC curve and the
-  pixel per-region-overlap curve, with their areas in the legend.
-
-Every function draws on ``ax`` (or on the current axes, ``plt.gca()``) and
-returns it.  Scores and maps are *anomaly scores*, higher = more anomalous,
-as in :mod:`skpadim.metrics`; see ``docs/conventions.md``.
-"""
+"""Overlays: an image, its anomaly map as a heat map, and region outlines."""
 
 import numbers
 import os
 
 import numpy as np
 
-from . import metrics
-from ._curves import truncated_area
-from ._labels import anomaly_labels
-
-__all__ = ["plot_anomaly_overlay", "plot_detection", "plot_pro", "plot_roc"]
+from ._axes import get_axes
 
 #: Outline colours: ground truth, and the region at or above the threshold.
 MASK_COLOR = "lime"
 REGION_COLOR = "red"
 #: Colour map of the anomaly heat map (blue = normal, red = anomalous).
 HEAT_CMAP = "jet"
-# Curves are drawn through at most about this many points.
-_MAX_CURVE_POINTS = 2000
 
 
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "skpadim.plot needs matplotlib, which is not installed; install it with "
-            'pip install "skpadim[plot]" (or pip install matplotlib).'
-        ) from exc
-    return plt
-
-
-def _axes(ax):
-    return _pyplot().gca() if ax is None else ax
-
-
-# --------------------------------------------------------------------------
-# Overlays
-# --------------------------------------------------------------------------
 def _read_image(path):
     from PIL import Image
 
@@ -240,7 +200,7 @@ def plot_anomaly_overlay(
     alpha = _check_real(alpha, "alpha")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
-    ax = _axes(ax)
+    ax = get_axes(ax)
     ax.imshow(image, **image_kwargs)
     ax.imshow(amap, cmap=HEAT_CMAP, alpha=alpha, vmin=vmin, vmax=vmax)
     handles = []
@@ -317,142 +277,3 @@ def plot_detection(detector, image, mask=None, ax=None, *, alpha=0.5, vmin=None,
         shown, amap, mask, threshold=threshold, ax=ax, alpha=alpha, vmin=vmin,
         vmax=vmax, title=title,
     )
-
-
-# --------------------------------------------------------------------------
-# Curves
-# --------------------------------------------------------------------------
-def _thin(x, y, x_max):
-    """Indices of at most ~_MAX_CURVE_POINTS points of a curve with x up to x_max."""
-    n = int(np.searchsorted(x, x_max, side="right"))
-    if n <= _MAX_CURVE_POINTS:
-        return np.arange(n)
-    grid = np.linspace(x[0], x[n - 1], _MAX_CURVE_POINTS)
-    idx = np.searchsorted(x[:n], grid, side="right") - 1
-    return np.unique(np.concatenate([[0], idx, [n - 1]]))
-
-
-def _legend_label(label, metric_text):
-    return metric_text if label is None else f"{label} ({metric_text})"
-
-
-def plot_roc(y_true, scores, *, ax=None, label=None):
-    """Draw the ROC curve of image anomaly scores, AUROC in the legend.
-
-    Parameters
-    ----------
-    y_true : array-like of shape (n_images,)
-        1 (or -1) = anomalous, 0 (or +1) = normal; both classes must occur.
-    scores : array-like of shape (n_images,)
-        Anomaly scores, higher = more anomalous, e.g.
-        ``-detector.score_samples(X)``.
-    ax : matplotlib Axes, default=None
-        Where to draw; the current axes when None.  Call again on the same
-        axes to compare detectors.
-    label : str, default=None
-        Curve name; the legend reads ``"label (AUROC = 0.975)"``.
-
-    Returns
-    -------
-    ax : matplotlib Axes
-        Limits [0, 1] x [0, 1]; the curve is ``ax.lines[-1]``.
-
-    Examples
-    --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import matplotlib.pyplot as plt
-    >>> from skpadim.plot import plot_roc
-    >>> fig, ax = plt.subplots()
-    >>> ax = plot_roc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], ax=ax, label="toy")
-    >>> ax.get_legend().get_texts()[0].get_text()
-    'toy (AUROC = 0.750)'
-    >>> plt.close(fig)
-    """
-    from sklearn.metrics import roc_curve
-
-    auroc = metrics.image_auroc(y_true, scores)  # validates y_true and scores
-    is_anomaly = anomaly_labels(y_true, name="y_true")
-    fpr, tpr, _ = roc_curve(is_anomaly, np.asarray(scores, dtype=np.float64))
-    ax = _axes(ax)
-    if not any(line.get_gid() == "chance" for line in ax.lines):
-        ax.plot([0, 1], [0, 1], ls="--", lw=1, color="0.6", label="_chance", gid="chance")
-    ax.plot(fpr, tpr, lw=2, clip_on=False,
-            label=_legend_label(label, f"AUROC = {auroc:.3f}"))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate (normal images flagged)")
-    ax.set_ylabel("True positive rate (defective images flagged)")
-    ax.set_title("Image-level ROC")
-    ax.legend(loc="lower right")
-    return ax
-
-
-def plot_pro(masks, maps, *, fpr_limit=0.3, ax=None, label=None, n_bins=None):
-    """Draw the per-region-overlap curve up to ``fpr_limit``, AUPRO in the legend.
-
-    Parameters
-    ----------
-    masks : ndarray of shape (n_images, H, W) or list of 2-D arrays
-        Ground truth, boolean or {0, 1} (1 = anomalous pixel).
-    maps : ndarray of shape (n_images, H, W) or list of 2-D arrays
-        Anomaly maps, higher = more anomalous; ``maps[i]`` has the shape of
-        ``masks[i]``.
-    fpr_limit : float in (0, 1], default=0.3
-        Right end of the x axis and upper integration limit of the AUPRO.
-    ax : matplotlib Axes, default=None
-        Where to draw; the current axes when None.
-    label : str, default=None
-        Curve name; the legend reads ``"label (AUPRO@0.3 = 0.912)"``.
-    n_bins : int >= 2 or None, default=None
-        As in :func:`skpadim.metrics.pro_curve`.
-
-    Returns
-    -------
-    ax : matplotlib Axes
-        Limits [0, fpr_limit] x [0, 1]; the curve is ``ax.lines[-1]``.  The
-        AUPRO is :func:`skpadim.metrics.aupro` (computed from the same curve).
-
-    Examples
-    --------
-    >>> import matplotlib
-    >>> matplotlib.use("Agg")
-    >>> import numpy as np
-    >>> import matplotlib.pyplot as plt
-    >>> from skpadim.plot import plot_pro
-    >>> masks = np.zeros((2, 8, 8), dtype=bool)
-    >>> masks[1, 2:5, 2:5] = True
-    >>> maps = masks + 0.001 * np.arange(64).reshape(8, 8)  # defects score highest
-    >>> fig, ax = plt.subplots()
-    >>> ax = plot_pro(masks, maps, ax=ax)
-    >>> ax.get_legend().get_texts()[0].get_text()
-    'AUPRO@0.3 = 1.000'
-    >>> plt.close(fig)
-    """
-    if (
-        isinstance(fpr_limit, (bool, np.bool_))
-        or not isinstance(fpr_limit, numbers.Real)
-        or not 0 < fpr_limit <= 1
-    ):
-        raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}.")
-    fpr_limit = float(fpr_limit)
-    fpr, pro, _ = metrics.pro_curve(masks, maps, n_bins=n_bins)
-    value = truncated_area(fpr, pro, fpr_limit) / fpr_limit
-    keep = _thin(fpr, pro, fpr_limit)
-    x, y = fpr[keep], pro[keep]
-    end = keep[-1] + 1
-    if x[-1] < fpr_limit and end < fpr.size:  # interpolate the point at fpr_limit
-        frac = (fpr_limit - fpr[end - 1]) / (fpr[end] - fpr[end - 1])
-        x = np.append(x, fpr_limit)
-        y = np.append(y, pro[end - 1] + frac * (pro[end] - pro[end - 1]))
-    ax = _axes(ax)
-    ax.plot(x, y, lw=2, clip_on=False,
-            label=_legend_label(label, f"AUPRO@{fpr_limit:g} = {value:.3f}"))
-    ax.set_xlim(0, fpr_limit)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("False positive rate (normal pixels flagged)")
-    ax.set_ylabel("Per-region overlap (mean fraction of each defect flagged)")
-    ax.set_title("Pixel-level PRO curve")
-    ax.legend(loc="lower right")
-    return ax
