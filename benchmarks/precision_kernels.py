@@ -35,6 +35,7 @@ Usage::
 
     python benchmarks/precision_kernels.py            # d = 100 and 550, 3 rounds
     python benchmarks/precision_kernels.py --quick    # d = 100 only, 1 round
+    python benchmarks/precision_kernels.py --json out.json   # also write the tables as JSON
 """
 
 import argparse
@@ -46,7 +47,7 @@ from skpadim._engine import gaussian as _gaussian
 from skpadim._engine.gaussian import GaussianStats
 from skpadim._engine.heap import heap_reuse
 
-from _common import emit, load_average, machine_header, median, table
+from _common import Report, environment, load_average, machine_header, median
 
 P_224 = 3136
 HELD = 64  # calibration images (the reservoir's capacity)
@@ -194,27 +195,32 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--positions", type=int, default=392,
                    help="positions of the library-call and update measurements (scaled to 3136)")
+    p.add_argument("--json", help="also write the environment and the tables to this JSON file")
     args = p.parse_args(argv)
     if args.quick:
         args.dims, args.repeats, args.positions = [100], 1, 64
     t_start = time.perf_counter()
-    emit(["## End-of-fit kernels", ""])
-    emit(machine_header([f"float64 unless stated; medians of {args.repeats} rounds"]))
+    report = Report(environment())
+    report.text(["## End-of-fit kernels", ""])
+    report.text(machine_header(report.env, [f"float64 unless stated; medians of {args.repeats} rounds"]))
     chunks, rows = part_steps(args.dims, args.repeats)
-    emit(["", "### Steps, one thread, ms per position", ""])
-    emit(table(["d", "step", "ms, library chunk (4 MB)", "ms, chunk of 128",
-                f"s for P={P_224}, library chunk"], rows))
+    report.text(["", "### Steps, one thread, ms per position", ""])
+    report.table("steps", ["d", "step", "ms, library chunk (4 MB)", "ms, chunk of 128",
+                           f"s for P={P_224}, library chunk"], rows)
     threads, rows = part_calls(args.dims, args.positions, args.repeats)
-    emit(["", f"### Library calls, seconds scaled to P={P_224}", ""])
-    emit(table(["statistics", "call", f"s, {threads} threads (chunks on all cores)", "s, 1 thread",
-                "speed-up"], rows))
+    report.text(["", f"### Library calls, seconds scaled to P={P_224}", ""])
+    report.table("calls", ["statistics", "call", f"s, {threads} threads (chunks on all cores)", "s, 1 thread",
+                           "speed-up"], rows)
     threads, rows = part_update(args.dims, args.positions, args.repeats)
-    emit(["", f"### Streaming update of the sums of outer products (float32, {threads} threads), "
-          f"ms per image for P={P_224}", ""])
-    emit(table(["d", "positions", "images per update", "column blocks",
-                f"sub + float64 sum + full baddbmm, torch's {threads} threads",
-                "GaussianStats.update: float32 sum, upper blocks, chunks on all cores", "speed-up"], rows))
-    emit(["", f"load average at end: {load_average()}; total wall time {time.perf_counter() - t_start:.0f} s"])
+    report.text(["", f"### Streaming update of the sums of outer products (float32, {threads} threads), "
+                 f"ms per image for P={P_224}", ""])
+    report.table("update", ["d", "positions", "images per update", "column blocks",
+                            f"sub + float64 sum + full baddbmm, torch's {threads} threads",
+                            "GaussianStats.update: float32 sum, upper blocks, chunks on all cores", "speed-up"], rows)
+    total = time.perf_counter() - t_start
+    report.record("total_s", total)
+    report.text(["", f"load average at end: {load_average()}; total wall time {total:.0f} s"])
+    report.save(args.json)
 
 
 if __name__ == "__main__":

@@ -9,15 +9,15 @@ we add ``epsilon * I`` (default 0.01, the paper's value); with
 ``epsilon=0.01001`` the two agree to ~1e-6 relative.
 
 anomalib is part of the ``test`` extra; these tests fail (they do not skip)
-when it is missing. The wiring of anomalib is shared with
-``benchmarks/compare_anomalib.py``, whose ``--quick`` mode is smoke-tested
-at the end of this file on the real data set.
+when it is missing. The wiring of anomalib is ``benchmarks/anomalib_adapter.py``,
+shared with ``benchmarks/compare_anomalib.py``, whose ``--quick`` mode is
+run at the end of this file on the real data set (its results.json is read).
 """
 
 import importlib.util
+import json
 import math
 import os
-import re
 import subprocess
 import sys
 import warnings
@@ -36,25 +36,26 @@ from conftest import magnetic_tile_root
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "compare_anomalib.py"
+ADAPTER = REPO / "benchmarks" / "anomalib_adapter.py"
 ANOMALIB_EPSILON = 0.01 + 1e-5  # anomalib 2.x: cov + 0.01 I, then + 1e-5 I
 SIZE = 64
 
 pytestmark = pytest.mark.anomalib
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("compare_anomalib", SCRIPT)
+def _adapter():
+    spec = importlib.util.spec_from_file_location("anomalib_adapter", ADAPTER)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 @pytest.fixture(scope="module")
-def bench():
+def adapter():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import anomalib.models.image.padim.torch_model  # noqa: F401  (fails if missing)
-    return _bench()
+    return _adapter()
 
 
 @pytest.fixture(scope="module")
@@ -75,19 +76,18 @@ def ours(data):
 
 
 @pytest.fixture(scope="module")
-def theirs(bench, data, ours):
+def theirs(adapter, data, ours):
     X, y, _ = data
-    cfg = bench.BACKBONES["resnet18-random"]
-    model = bench.make_anomalib_model(cfg, ours.feature_index_, backbone=ours.backbone_)
-    bench.anomalib_fit(model, bench.image_batches(X[y == 0], SIZE, "imagenet"))
-    maps, scores = bench.anomalib_predict(model, bench.image_batches(X, SIZE, "imagenet"), len(X), (SIZE, SIZE))
+    model = adapter.padim_model(ours.layers_, ours.feature_index_, resnet18_state=ours.backbone_.state_dict())
+    adapter.fit(model, adapter.image_batches(X[y == 0], "imagenet"))
+    maps, scores = adapter.predict(model, adapter.image_batches(X, "imagenet"), len(X), (SIZE, SIZE))
     return model, maps, scores
 
 
-def test_same_features_and_embedding(bench, data, ours, theirs):
+def test_same_features_and_embedding(adapter, data, ours, theirs):
     """anomalib's timm extractor with our weights sees what our LayerTaps see."""
     model = theirs[0]
-    x = next(bench.image_batches(data[0][:4], SIZE, "imagenet"))
+    x = next(adapter.image_batches(data[0][:4], "imagenet"))
     with torch.no_grad():
         feats = model.feature_extractor(x)
         emb = model.generate_embedding(feats)  # (B, d, h, w), anomalib's layout
@@ -110,7 +110,7 @@ def test_same_gaussians(ours, theirs):
     assert rel < 1e-4, rel
 
 
-def test_same_upsampling_and_blur(bench):
+def test_same_upsampling_and_blur(adapter):
     from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
 
     gen = AnomalyMapGenerator(sigma=4)
@@ -134,7 +134,7 @@ def test_same_maps_and_scores(data, ours, theirs):
     assert image_auroc(y, scores) == image_auroc(y, their_scores)
 
 
-def test_default_epsilon_is_the_only_difference(bench, data, theirs):
+def test_default_epsilon_is_the_only_difference(data, theirs):
     """With the paper's epsilon=0.01 the maps differ by ~sqrt(1.001) - 1 = 5e-4."""
     X, _, _ = data
     det = _detector(data, 0.01)
@@ -161,18 +161,20 @@ def test_benchmark_quick(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--quick", "--root", root, "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = {}
-    for line in proc.stdout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 13 and cells[2] in ("skpadim", "anomalib"):
-            rows[cells[2]] = cells
-    assert set(rows) == {"skpadim", "anomalib"}, proc.stdout
-    for cells in rows.values():
-        image, pixel, pro = (float(c) for c in cells[3:6])
-        assert all(math.isfinite(v) and 0 <= v <= 1 for v in (image, pixel, pro)), cells
+    report = json.loads((tmp_path / "quick" / "results.json").read_text())
+    rows = {r["impl"]: r for r in report["rows"]}
+    assert sorted(rows) == ["anomalib", "skpadim"], report["rows"]
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    for r in rows.values():
+        assert "error" not in r, r
+        assert (r["backbone"], r["n_train"]) == ("resnet18-random", 40), r
+        assert all(math.isfinite(r[k]) and 0 <= r[k] <= 1 for k in keys), r
+        assert r["fit_s"] > 0 and r["predict_s"] > 0 and r["peak_rss_mib"] > 0, r
     # Same inputs, weights and channels: the same metrics.
-    for a, b in zip(rows["skpadim"][3:6], rows["anomalib"][3:6]):
-        assert abs(float(a) - float(b)) < 2e-3, (rows["skpadim"], rows["anomalib"])
-    parity = re.search(r"parity: \| resnet18-random \| 40 \| ([0-9.e+-]+) \| ([0-9.e+-]+) \|", proc.stdout)
-    assert parity is not None, proc.stdout
-    assert float(parity.group(2)) < 1e-3  # max map difference / max map value
+    for k in keys:
+        assert abs(rows["skpadim"][k] - rows["anomalib"][k]) < 2e-3, (k, rows)
+    (parity,) = report["parity"]
+    assert (parity["backbone"], parity["n_train"]) == ("resnet18-random", 40)
+    assert parity["map_max_rel"] < 1e-3  # max map difference / max map value
+    data = report["data"]
+    assert data["n_train"] == 40 and 0 < data["n_test_defective"] < data["n_test"], data

@@ -1,32 +1,93 @@
 """The measurement scripts in benchmarks/ still run against the library.
 
-They reach into the library's internals to time its phases, so a change
-there can break them silently; their quick modes are run here (the numbers
-themselves are not checked: timings are never asserted in tests).
+Their quick modes run here and write their results as JSON, which is read
+back: the machine is described, every table is there, every duration is
+finite and positive, and speed.py saw every stage range the detector marks
+for each batch. The timings themselves are never asserted: they depend on
+the machine.
 """
 
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize(
-    "script, expected",
-    [
-        ("speed.py", ["fit, streaming loop only", "score_samples", "end: calibration"]),
-        ("precision_kernels.py", ["cholesky_inverse [library]", "distances_of(64 images, held_out=True)"]),
-        ("memory.py", ["joblib"]),
-    ],
-)
-def test_quick_mode_runs(script, expected, tmp_path):
+def run_quick(script, tmp_path):
+    out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        [sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    for text in expected:
-        assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout[-3000:]}"
+    data = json.loads(out.read_text())
+    env = data["environment"]
+    assert env["cpu"] and env["cores"] >= 1 and isinstance(env["cpu_flags"], list), env
+    assert env["versions"]["torch"] and env["versions"]["skpadim"], env
+    assert env["command"].startswith(f"python benchmarks/{script} --quick"), env
+    for key, tab in data["tables"].items():  # what was printed is in the JSON too
+        assert tab["rows"] and all(len(row) == len(tab["header"]) for row in tab["rows"]), key
+        assert tab["header"][0] in proc.stdout and tab["rows"][0][0] in proc.stdout, key
+    return data
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_speed_quick_mode_times_every_stage(tmp_path):
+    data = run_quick("speed.py", tmp_path)
+    assert set(data["tables"]) == {"resnet18/variants", "resnet18/fit stages", "resnet18/score_samples stages"}
+    variants = [row[0] for row in data["tables"]["resnet18/variants"]["rows"]]
+    assert variants == ["backbone, plain", "backbone, heap_reuse", "backbone, heap_reuse, profiled",
+                        "fit, end to end", "fit, streaming loop only", "score_samples"]
+    stages = [row[0] for row in data["tables"]["resnet18/fit stages"]["rows"]]
+    assert "end: calibration (held-out Cholesky + maps)" in stages and stages[-1] == "total (measured)"
+    result = data["results"]["resnet18"]
+    n_batches = -(-result["n_images"] // result["batch_size"])
+    assert n_batches >= 2  # several batches, so that per-batch ranges are counted
+    for key in ("plain", "reuse", "reuse_profiled", "fit", "score"):
+        assert all(positive(r["total"]) for r in result["rounds"][key]), key
+    for fit in result["rounds"]["fit"]:
+        for stage in ("backbone", "embedding", "reservoir"):
+            assert fit["calls"][stage] == n_batches and positive(fit["stages"][stage]), stage
+        for stage in ("decode", "update", "precision", "calibration"):
+            assert fit["calls"][stage] >= 1 and positive(fit["stages"][stage]), stage
+        loop_stages = sum(fit["stages"][s] for s in ("decode", "backbone", "embedding", "reservoir", "update"))
+        assert loop_stages <= fit["loop"] * (1 + 1e-6)
+        assert fit["loop"] + fit["stages"]["precision"] + fit["stages"]["calibration"] <= fit["total"]
+    for score in result["rounds"]["score"]:
+        for stage in ("backbone", "embedding", "mahalanobis", "maps"):
+            assert score["calls"][stage] == n_batches and positive(score["stages"][stage]), stage
+        assert sum(score["stages"].values()) <= score["total"]
+    assert all(positive(v) for v in result["ratios"].values())
+
+
+def test_memory_quick_mode(tmp_path):
+    data = run_quick("memory.py", tmp_path)
+    assert set(data["tables"]) == {"fit", "joblib"}
+    cases = data["results"]["cases"]
+    assert cases["small"]["n_samples_seen"] == 16 and cases["large"]["n_samples_seen"] == 48
+    for key in ("small", "large"):
+        case = cases[key]
+        assert case["maxrss_fit_mb"] > cases["import"]["peak_rss_mb"] > 0
+        assert case["maxrss_fit_mb"] >= max(rss for _, rss in case["rss_trace"]) - 1  # sampled <= peak
+        assert len(case["rss_trace"]) >= 2 and positive(case["fit_s"])
+    assert cases["load"]["scores"] == cases["small"]["scores"]
+    assert data["tables"]["joblib"]["rows"][0][-1] == "yes"
+
+
+def test_precision_kernels_quick_mode(tmp_path):
+    data = run_quick("precision_kernels.py", tmp_path)
+    assert set(data["tables"]) == {"steps", "calls", "update"}
+    steps = [row[1] for row in data["tables"]["steps"]["rows"]]
+    assert "inverse: cholesky_inverse [library]" in steps
+    calls = [row[1] for row in data["tables"]["calls"]["rows"]]
+    assert calls == ["precision(0.01)", "distances_of(64 images, held_out=True)"]
+    for key in ("steps", "calls", "update"):
+        for row in data["tables"][key]["rows"]:
+            numbers = [float(c.rstrip("x")) for c in row[2:]]
+            assert all(positive(x) for x in numbers), row
