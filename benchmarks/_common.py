@@ -287,3 +287,10 @@ class Report:
     def save(self, path):
         if path:
             write_json(path, {"environment": self.env, "tables": self.tables, "results": self.results})
+
+    def finish(self, t_start, path):
+        """Print the load average and the run's wall time; write the JSON file when ``path`` is given."""
+        total = time.perf_counter() - t_start
+        self.record("total_s", total)
+        self.text(["", f"load average at end: {load_average()}; total wall time {total:.0f} s"])
+        self.save(path)

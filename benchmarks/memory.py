@@ -278,11 +278,8 @@ def main(argv=None):
                          f"{wide_fit['fit_s']:.0f} s) peaked at {wide_fit['maxrss_fit_mb']:,.0f} MiB RSS (end of "
                          f"fit; running sums {grid * 550 * 550 * 4 / 2**20:,.0f} MiB, precision_ as much again); "
                          "load recomputes precision_ from the saved running sums."])
-    total = time.perf_counter() - t_start
     report.record("cases", res)
-    report.record("total_s", total)
-    report.text(["", f"load average at end: {load_average()}; total wall time {total:.0f} s"])
-    report.save(args.json)
+    report.finish(t_start, args.json)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from skpadim._engine import gaussian as _gaussian
 from skpadim._engine.gaussian import GaussianStats
 from skpadim._engine.heap import heap_reuse
 
-from _common import Report, environment, load_average, machine_header, median
+from _common import Report, environment, machine_header, median
 
 P_224 = 3136
 HELD = 64  # calibration images (the reservoir's capacity)
@@ -217,10 +217,7 @@ def main(argv=None):
     report.table("update", ["d", "positions", "images per update", "column blocks",
                             f"sub + float64 sum + full baddbmm, torch's {threads} threads",
                             "GaussianStats.update: float32 sum, upper blocks, chunks on all cores", "speed-up"], rows)
-    total = time.perf_counter() - t_start
-    report.record("total_s", total)
-    report.text(["", f"load average at end: {load_average()}; total wall time {total:.0f} s"])
-    report.save(args.json)
+    report.finish(t_start, args.json)
 
 
 if __name__ == "__main__":

@@ -290,10 +290,7 @@ def main(argv=None):
         runs = run_backbone(name, n_features, X[:N], args, args.repeats or (3 if name == "resnet18" else 2))
         report_backbone(report, name, n_features, N, runs, args)
         gc.collect()
-    total = time.perf_counter() - t_start
-    report.record("total_s", total)
-    report.text(["", f"load average at end: {load_average()}; total wall time {total:.0f} s"])
-    report.save(args.json)
+    report.finish(t_start, args.json)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,3 +41,22 @@ def magnetic_tile_root():
     here = os.path.dirname(os.path.abspath(__file__))
     default = os.path.join(here, "..", "..", "shared", "data", "magnetic-tile")
     return os.environ.get("SKPADIM_MAGNETIC_TILE", default)
+
+
+@pytest.fixture(scope="session")
+def magnetic_tile():
+    """Root folder of the Magnetic Tile data set, for the tests marked ``realdata``.
+
+    Skipped with ``SKPADIM_SKIP_REALDATA=1``; a missing data set is a failure,
+    not a skip.
+    """
+    if os.environ.get("SKPADIM_SKIP_REALDATA") == "1":
+        pytest.skip("SKPADIM_SKIP_REALDATA=1: real-data tests skipped.")
+    root = Path(magnetic_tile_root()).resolve()
+    if not (root / "MT_Free" / "Imgs").is_dir():
+        pytest.fail(
+            f"Magnetic Tile data set not found at '{root}' (no MT_Free/Imgs folder). "
+            "Set SKPADIM_MAGNETIC_TILE to its folder, or SKPADIM_SKIP_REALDATA=1 to "
+            "skip the real-data tests."
+        )
+    return root

@@ -17,7 +17,6 @@ run at the end of this file on the real data set (its results.json is read).
 import importlib.util
 import json
 import math
-import os
 import subprocess
 import sys
 import warnings
@@ -31,8 +30,6 @@ from skpadim import PadimDetector
 from skpadim._engine.maps import smooth, upsample
 from skpadim.datasets import make_anomaly_images
 from skpadim.metrics import image_auroc
-
-from conftest import magnetic_tile_root
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "compare_anomalib.py"
@@ -149,16 +146,8 @@ def test_default_epsilon_is_the_only_difference(data, theirs):
 # Smoke test of the benchmark script on the real data set
 # --------------------------------------------------------------------------
 @pytest.mark.realdata
-def test_benchmark_quick(tmp_path):
-    if os.environ.get("SKPADIM_SKIP_REALDATA") == "1":
-        pytest.skip("SKPADIM_SKIP_REALDATA=1: real-data tests skipped.")
-    root = magnetic_tile_root()
-    if not os.path.isdir(os.path.join(root, "MT_Free", "Imgs")):
-        pytest.fail(
-            f"Magnetic Tile data set not found at '{root}'. Set SKPADIM_MAGNETIC_TILE, "
-            "or SKPADIM_SKIP_REALDATA=1 to skip the real-data tests."
-        )
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--root", root, "--out", str(tmp_path)]
+def test_benchmark_quick(magnetic_tile, tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--root", str(magnetic_tile), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "quick" / "results.json").read_text())

@@ -1,6 +1,5 @@
 """Tests of skpadim.datasets: the synthetic generator and the folder loaders."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,6 @@ import pytest
 from PIL import Image
 from sklearn.utils import Bunch
 
-from skpadim.datasets._synthetic import _generate
 from skpadim.datasets import (
     DEFECT_TYPES,
     load_folder,
@@ -17,8 +15,7 @@ from skpadim.datasets import (
     make_anomaly_images,
     read_masks,
 )
-
-REPO = Path(__file__).resolve().parents[1]
+from skpadim.datasets._synthetic import _generate
 
 
 # --------------------------------------------------------------------------
@@ -537,21 +534,6 @@ def test_read_masks_invalid_shapes(tmp_path):
 
 N_GOOD, N_DEFECTIVE = 952, 392
 DEFECT_COUNTS = {"Blowhole": 115, "Break": 85, "Crack": 57, "Fray": 32, "Uneven": 103}
-
-
-@pytest.fixture(scope="module")
-def magnetic_tile():
-    if os.environ.get("SKPADIM_SKIP_REALDATA") == "1":
-        pytest.skip("SKPADIM_SKIP_REALDATA=1: real-data tests skipped.")
-    default = REPO.parent / "shared" / "data" / "magnetic-tile"
-    root = Path(os.environ.get("SKPADIM_MAGNETIC_TILE", default))
-    if not (root / "MT_Free" / "Imgs").is_dir():
-        pytest.fail(
-            f"Magnetic Tile data set not found at '{root}' (no MT_Free/Imgs "
-            "folder). Set SKPADIM_MAGNETIC_TILE to its folder, or set "
-            "SKPADIM_SKIP_REALDATA=1 to skip the real-data tests."
-        )
-    return root
 
 
 @pytest.mark.realdata

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import magnetic_tile_root
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -60,25 +59,11 @@ def test_grid_search(tmp_path):
         assert int(tp) + int(fn) == 40 and int(fp) + int(tn) == 40
 
 
-@pytest.fixture
-def magnetic_tile_dir():
-    if os.environ.get("SKPADIM_SKIP_REALDATA") == "1":
-        pytest.skip("SKPADIM_SKIP_REALDATA=1: real-data tests skipped.")
-    root = Path(magnetic_tile_root()).resolve()
-    if not (root / "MT_Free" / "Imgs").is_dir():
-        pytest.fail(
-            f"Magnetic Tile data set not found at '{root}' (no MT_Free/Imgs folder). "
-            "Set SKPADIM_MAGNETIC_TILE to its folder, or SKPADIM_SKIP_REALDATA=1 to "
-            "skip the real-data tests."
-        )
-    return root
-
-
 @pytest.mark.realdata
-def test_magnetic_tile(magnetic_tile_dir, tmp_path):
+def test_magnetic_tile(magnetic_tile, tmp_path):
     out_dir = tmp_path / "pictures"
     out = run_example(
-        "magnetic_tile.py", magnetic_tile_dir, "--out", out_dir,
+        "magnetic_tile.py", magnetic_tile, "--out", out_dir,
         "--n-train", 60, "--n-test", 60, "--image-size", 128, cwd=tmp_path,
     )
     assert "Data: 60 good training tiles; test 60 tiles" in out

@@ -89,18 +89,3 @@ def pro_curve(tally, n_regions):
     pro = np.concatenate([[0.0], np.cumsum(tally.overlap) / n_regions])
     # Cumulative sums of non-negative terms can end a hair above 1.
     return np.minimum(fpr, 1.0), np.minimum(pro, 1.0)
-
-
-def truncated_area(x, y, x_max):
-    """Trapezoidal area under ``y(x)`` for ``x`` in ``[0, x_max]``.
-
-    ``x`` is non-decreasing, starts at 0 and ends at or beyond ``x_max``;
-    ``y`` is linearly interpolated at ``x_max``.
-    """
-    end = int(np.searchsorted(x, x_max, side="right"))
-    xs, ys = x[:end], y[:end]
-    if xs[-1] < x_max and end < x.size:
-        frac = (x_max - x[end - 1]) / (x[end] - x[end - 1])
-        xs = np.append(xs, x_max)
-        ys = np.append(ys, y[end - 1] + frac * (y[end] - y[end - 1]))
-    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2.0))

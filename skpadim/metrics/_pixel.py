@@ -9,7 +9,8 @@ error bounds are in the docstring of :mod:`skpadim.metrics`).
 import numpy as np
 
 from . import _pixel_passes
-from ._curves import average_precision, f1_scores, roc_auc, truncated_area
+from .._trapezoid import area, cut
+from ._curves import average_precision, f1_scores, roc_auc
 from ._curves import pro_curve as _pro_curve
 
 
@@ -215,7 +216,7 @@ def aupro(masks, maps, fpr_limit=0.3, *, n_bins=None):
         )
     _, _, tally, n_regions = _pixel_tally(masks, maps, n_bins, "aupro", regions=True)
     fpr, pro = _pro_curve(tally, n_regions)
-    return truncated_area(fpr, pro, float(fpr_limit)) / float(fpr_limit)
+    return area(*cut(fpr, pro, float(fpr_limit))) / float(fpr_limit)
 
 
 def pro_curve(masks, maps, *, n_bins=None):

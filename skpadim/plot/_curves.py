@@ -6,26 +6,11 @@ import numpy as np
 
 from .. import metrics
 from .._labels import anomaly_labels
+from .._trapezoid import area, cut
 from ._axes import get_axes
 
 # Curves are drawn through at most about this many points.
 _MAX_CURVE_POINTS = 2000
-
-
-def _cut(x, y, x_max):
-    """The points of a curve with ``x <= x_max``, ending at ``x_max``.
-
-    ``x`` is non-decreasing and starts at 0; where it goes beyond ``x_max``,
-    ``y`` is linearly interpolated at ``x_max`` (as :func:`skpadim.metrics.aupro`
-    integrates it).
-    """
-    end = int(np.searchsorted(x, x_max, side="right"))
-    xs, ys = x[:end], y[:end]
-    if xs[-1] < x_max and end < x.size:
-        frac = (x_max - x[end - 1]) / (x[end] - x[end - 1])
-        xs = np.append(xs, x_max)
-        ys = np.append(ys, y[end - 1] + frac * (y[end] - y[end - 1]))
-    return xs, ys
 
 
 def _thin(x):
@@ -144,9 +129,8 @@ def plot_pro(masks, maps, *, fpr_limit=0.3, ax=None, label=None, n_bins=None):
         raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}.")
     fpr_limit = float(fpr_limit)
     fpr, pro, _ = metrics.pro_curve(masks, maps, n_bins=n_bins)
-    x, y = _cut(fpr, pro, fpr_limit)
-    # The trapezoidal area of the whole curve, as aupro computes it.
-    value = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0)) / fpr_limit
+    x, y = cut(fpr, pro, fpr_limit)
+    value = area(x, y) / fpr_limit  # aupro, from the same points
     keep = _thin(x)
     x, y = x[keep], y[keep]
     ax = get_axes(ax)
