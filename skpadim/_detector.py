@@ -1,6 +1,6 @@
 """PadimDetector: PaDiM (Defard et al. 2020) as a scikit-learn outlier detector."""
 
-import threading
+import numbers
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,41 +10,29 @@ from sklearn.utils.validation import check_is_fitted
 from ._engine import fitting, inference
 from ._engine import params as _params
 from ._engine.images import check_images
-from ._engine.state import FittedState, check_channels
-from ._labels import anomaly_labels
-
-_lock_guard = threading.Lock()
-
-
-def _state_of(est, name="this attribute"):
-    state = est.__dict__.get("_state")
-    if state is None:
-        raise AttributeError(f"This PadimDetector is not fitted yet: {name} is set by fit.")
-    return state
-
-
-def _fitted(name, read, doc):
-    return property(lambda self: read(_state_of(self, name)), doc=doc)
+from ._engine.progress import progress_bar as _progress_bar  # noqa: F401  (the command line's)
+from ._engine.state import FittedState, check_channels, load_options, pickled, unpickled
 
 
 def _fitted_state(est):
-    """The detector's fitted state, read once (NotFittedError if there is none)."""
+    """The detector's fitted state, read once; NotFittedError (an AttributeError) if none."""
     state = est.__dict__.get("_state")
     if state is None:
-        check_is_fitted(est)  # raises NotFittedError
+        check_is_fitted(est)  # raises
     return state
+
+
+def _fitted(read):
+    return property(lambda self: read(_fitted_state(self)))
 
 
 class PadimDetector(OutlierMixin, BaseEstimator):
     """PaDiM anomaly detection and localization.
 
     A pretrained CNN turns every image into a grid of patch embeddings (a
-    random subset of the channels of several layers, upsampled to the finest
-    grid). One multivariate Gaussian per grid position is fitted to the
-    embeddings of normal images; the Mahalanobis distance of a new patch to
-    its position's Gaussian is its anomaly score. Fitting streams over the
-    images and keeps only running sums, so memory does not grow with the
-    number of training images.
+    random subset of the channels of several layers). One Gaussian per grid
+    position is fitted to the embeddings of normal images, streaming; the
+    Mahalanobis distance of a new patch to it is its anomaly score.
 
     Parameters
     ----------
@@ -57,9 +45,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         strides 4, 8 and 16. Required for a custom module.
     weights : str, WeightsEnum, path or None, default="DEFAULT"
         torchvision weights (``"DEFAULT"``, a member or its name), ``None``
-        for random initialization, or a state_dict file (read with
-        ``weights_only=True``). For a custom module, ``"DEFAULT"`` or
-        ``None`` use it as given.
+        (random), or a state_dict file. A custom module is used as given.
     n_features : int, default=None
         Channels kept at random. ``None``: the paper's numbers (resnet18: 100,
         wide_resnet50_2: 550), all channels for other backbones.
@@ -101,8 +87,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     layer_shapes_ : tuple of (channels, height, width)
         Each layer's feature map at ``image_size``.
     backbone_ : torch.nn.Module
-        The backbone up to the last layer of ``layers_``; the modules after
-        it are removed.
+        The backbone; the modules after the last of ``layers_`` are removed.
     n_samples_seen_ : int
         Number of normal images fitted.
     n_channels_in_ : int or None
@@ -114,27 +99,15 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     device_ : torch.device
         Where the computation runs.
 
-    See Also
-    --------
-    skpadim.metrics : AUROC, AUPRO, F1, and calibrate_threshold.
-
     Notes
     -----
-    Calibration: each training image gets a random key; the ``k = min(64,
-    n // 5)`` images with the smallest keys (a uniform random sample, the
-    same for one ``fit`` as for ``partial_fit`` calls) are scored by the
-    Gaussians of all *other* images, out of sample, without a second pass
-    over the backbone. With ``contamination=c``, ``offset_`` is their
-    quantile at rank ``c * (k + 1)``: a new normal image is then flagged
-    with probability ``c`` (down to ``1 / (k + 1)``; below that a warning
-    says so). :meth:`offset_for` and :meth:`recalibrate` move the
-    threshold without refitting.
-
-    Threads: ``score_samples``, ``decision_function``, ``predict`` and
-    ``anomaly_map`` may run concurrently from any number of threads, also
-    while another thread runs ``partial_fit`` (they use the state they
-    started with). Two fit calls at once raise a RuntimeError. See
-    docs/safety.md.
+    ``offset_`` comes from the ``k = min(64, n // 5)`` training images with
+    the smallest random keys (a uniform sample, the same for ``fit`` as for
+    ``partial_fit`` calls), scored out of sample by the Gaussians of the
+    other images. ``contamination=c`` puts it at their quantile of rank ``c
+    * (k + 1)``, which a new normal image falls below with probability ``c``.
+    Prediction methods may run in many threads at once, also alongside a
+    ``partial_fit``; see docs/safety.md.
 
     References
     ----------
@@ -155,6 +128,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     (2, 64, 64)
     >>> det.predict(X[:2]).tolist()
     [1, 1]
+    >>> det.flagged_fraction(det.offset_for(0.25))  # of the 4 held-out images
+    0.25
     """
 
     _parameter_constraints = _params.CONSTRAINTS
@@ -199,29 +174,28 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self):
         return self.__dict__.get("_state") is not None
 
-    mean_ = _fitted("mean_", lambda s: s.mean, "Mean embedding per patch position.")
-    precision_ = _fitted("precision_", lambda s: s.precision, "Precision matrix per position.")
-    feature_index_ = _fitted("feature_index_", lambda s: s.feature_index, "Kept channels.")
-    feature_map_shape_ = _fitted("feature_map_shape_", lambda s: tuple(s.grid), "Patch grid (h, w).")
-    layers_ = _fitted("layers_", lambda s: tuple(s.spec["layers"]), "The layers used.")
-    layer_shapes_ = _fitted("layer_shapes_", lambda s: tuple(tuple(x) for x in s.spec["shapes"]),
-                            "(channels, height, width) of each layer's feature map.")
-    backbone_ = _fitted("backbone_", lambda s: s.embedder.model, "The truncated backbone.")
-    n_samples_seen_ = _fitted("n_samples_seen_", lambda s: s.n, "Number of images fitted.")
-    n_channels_in_ = _fitted("n_channels_in_", lambda s: s.spec["n_channels"], "1 or 3 (or None).")
-    calibration_scores_ = _fitted("calibration_scores_", lambda s: s.calibration.copy(),
-                                  "score_samples of the held-out calibration images.")
-    device_ = _fitted("device_", lambda s: s.embedder.device, "Where the computation runs.")
+    # Fitted attributes (see the class docstring): read from the one fitted state.
+    mean_ = _fitted(lambda s: s.mean)
+    precision_ = _fitted(lambda s: s.precision)
+    feature_index_ = _fitted(lambda s: s.feature_index)
+    feature_map_shape_ = _fitted(lambda s: tuple(s.grid))
+    layers_ = _fitted(lambda s: tuple(s.spec["layers"]))
+    layer_shapes_ = _fitted(lambda s: tuple(tuple(x) for x in s.spec["shapes"]))
+    backbone_ = _fitted(lambda s: s.embedder.model)
+    n_samples_seen_ = _fitted(lambda s: s.n)
+    n_channels_in_ = _fitted(lambda s: s.spec["n_channels"])
+    calibration_scores_ = _fitted(lambda s: s.calibration.copy())
+    device_ = _fitted(lambda s: s.embedder.device)
 
     @property
     def offset_(self):
         """``decision_function = score_samples - offset_``; set it to move the threshold."""
-        return _state_of(self, "offset_").offset
+        return _fitted_state(self).offset
 
     @offset_.setter
     def offset_(self, value):
         state = _fitted_state(self)
-        if isinstance(value, bool) or not (np.isscalar(value) and np.isreal(value) and np.isfinite(value)):
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
             raise ValueError(f"offset_ must be a finite float, got {value!r}.")
         state.offset = float(value)
 
@@ -270,35 +244,13 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return self.fit(X, y).predict(X)
 
     def _fit(self, X, y, reset):
-        lock = self.__dict__.get("_fit_lock")
-        if lock is None:
-            with _lock_guard:
-                lock = self.__dict__.setdefault("_fit_lock", threading.Lock())
-        if not lock.acquire(blocking=False):
-            raise RuntimeError(
-                "fit or partial_fit is already running on this PadimDetector in another "
-                "thread; calls that add images must run one at a time (predictions may run "
-                "alongside them)."
-            )
-        try:
+        with fitting.one_call_at_a_time(self):
             # One snapshot of the parameters: a set_params from another thread
             # during the call does not change it half-way. Invalid: nothing changes.
             params = SimpleNamespace(**_params.validated(self))
             if reset:
                 self.__dict__.pop("_state", None)
-            state = self.__dict__.get("_state")
-            if state is not None:
-                fitting.check_frozen(state, params)
-            images = check_images(X)
-            if y is not None:
-                images = _normal_only(images, y)
-            if state is None:
-                state = fitting.start(params, images)
-            else:
-                check_channels(state, images)
-            self._state = fitting.extend(state, images, params)
-        finally:
-            lock.release()
+            self._state = fitting.fit_call(self.__dict__.get("_state"), params, X, y)
         return self
 
     # -------------------------------------------------------------- predict
@@ -369,6 +321,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
+    def _maps(self, X, desc="score"):
+        """Yield ``(maps, sizes)`` per batch, maps at image_size (the command line streams these)."""
+        state, images = self._predict_input(X)
+        return inference.iter_maps(state, images, self.batch_size, verbose=self.verbose, desc=desc)
+
     def _predict_input(self, X):
         self._validate_params()
         state = _fitted_state(self)  # read once: a fit call replaces it, never changes it
@@ -379,14 +336,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------ threshold
 
     def offset_for(self, contamination):
-        """The ``offset_`` that ``contamination`` gives, from the calibration scores.
-
-        Nothing is refitted or changed; see :meth:`recalibrate` to apply it.
+        """The ``offset_`` that ``contamination`` gives; nothing is refitted or changed.
 
         Parameters
         ----------
         contamination : 'auto' or float in (0, 0.5]
-            As the constructor parameter.
 
         Returns
         -------
@@ -397,10 +351,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return state.offset_for(contamination)
 
     def flagged_fraction(self, offset=None):
-        """Fraction of the held-out calibration images that ``offset`` flags.
-
-        An estimate of the fraction of new normal images that ``predict``
-        flags with this offset (``offset_`` by default).
+        """Fraction of the held-out calibration images that ``offset`` (``offset_``) flags.
 
         Parameters
         ----------
@@ -414,9 +365,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return state.flagged_fraction(state.offset if offset is None else float(offset))
 
     def recalibrate(self, contamination):
-        """Set ``contamination`` and ``offset_`` from the calibration scores, without refitting.
-
-        The result is what ``fit`` with this contamination gives.
+        """Set ``contamination`` and ``offset_`` as ``fit`` would, without refitting.
 
         Parameters
         ----------
@@ -436,25 +385,14 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     # ---------------------------------------------------------- persistence
 
     def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: object.__getstate__ gives __dict__ itself
-        state.pop("_fit_lock", None)
-        fitted = state.pop("_state", None)
-        if fitted is not None:
-            state["_fitted"] = fitted.to_arrays()
-        return state
+        # A copy (object.__getstate__ gives __dict__ itself), the state as arrays.
+        return pickled(dict(super().__getstate__()))
 
     def __setstate__(self, state):
-        from ._engine.persist import load_device
-        from torch import nn
-
-        state = dict(state)
-        exported = state.pop("_fitted", None)
+        state, exported = unpickled(state)
         super().__setstate__(state)
         if exported is not None:
-            arrays, meta = exported
-            module = self.backbone if isinstance(self.backbone, nn.Module) else None
-            device = load_device(meta["spec"]["device"], self.device)
-            self._state = FittedState.from_arrays(arrays, meta, device=device, module=module)
+            self._state = FittedState.from_arrays(*exported, **load_options(self, exported[1]))
 
     def save(self, path, *, metadata=None):
         """Write the fitted detector to ``path`` without pickle (see :meth:`load`).
@@ -494,16 +432,3 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         est, state = load(cls, path, backbone=backbone)
         est._state = state
         return est
-
-
-def _normal_only(images, y):
-    is_anomaly = anomaly_labels(y)
-    if len(is_anomaly) != len(images):
-        raise ValueError(f"y has {len(is_anomaly)} labels but X has {len(images)} images.")
-    keep = np.flatnonzero(~is_anomaly)
-    if len(keep) == 0:
-        raise ValueError(
-            "y marks every image as anomalous; PaDiM is fitted on normal images "
-            "(label 0, or +1 in the -1/+1 convention)."
-        )
-    return images.subset(keep)

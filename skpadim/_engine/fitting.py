@@ -9,21 +9,74 @@ is a new state, and the one passed in is left exactly as it was, whether
 the call succeeds, fails or is interrupted.
 """
 
+import contextlib
 import copy
 import functools
+import threading
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from .. import _labels
 from . import params as _params
 from .backbone import build_backbone, default_layers, default_n_features
 from .embedding import random_feature_index
+from .images import check_images
 from .gaussian import BufferedUpdate
 from .memory import OutOfMemoryHint, check_fit_memory
 from .progress import stage
-from .state import FittedState, stats_device
+from .state import FittedState, check_channels, stats_device
 from .taps import LayerTaps, auto_layers, modules_run, probe_shapes, truncate, unused_modules
+
+
+_lock_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_call_at_a_time(est):
+    """Hold ``est``'s fit lock for the call; RuntimeError if another thread holds it."""
+    lock = est.__dict__.get("_fit_lock")
+    if lock is None:
+        with _lock_guard:
+            lock = est.__dict__.setdefault("_fit_lock", threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            "fit or partial_fit is already running on this PadimDetector in another "
+            "thread; calls that add images must run one at a time (predictions may run "
+            "alongside them)."
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def fit_call(state, params, X, y):
+    """The new state of one fit call: ``state`` (None: a first call) plus the images of X."""
+    if state is not None:
+        check_frozen(state, params)
+    images = check_images(X)
+    if y is not None:
+        images = normal_only(images, y)
+    if state is None:
+        state = start(params, images)
+    else:
+        check_channels(state, images)
+    return extend(state, images, params)
+
+
+def normal_only(images, y):
+    is_anomaly = _labels.anomaly_labels(y)
+    if len(is_anomaly) != len(images):
+        raise ValueError(f"y has {len(is_anomaly)} labels but X has {len(images)} images.")
+    keep = np.flatnonzero(~is_anomaly)
+    if len(keep) == 0:
+        raise ValueError(
+            "y marks every image as anomalous; PaDiM is fitted on normal images "
+            "(label 0, or +1 in the -1/+1 convention)."
+        )
+    return images.subset(keep)
 
 
 def start(est, images):

@@ -271,6 +271,29 @@ class FittedState:
         return state
 
 
+def pickled(attributes):
+    """A detector's ``__dict__`` for pickling: its fitted state as arrays, no lock."""
+    attributes.pop("_fit_lock", None)
+    state = attributes.pop("_state", None)
+    if state is not None:
+        attributes["_fitted"] = state.to_arrays()
+    return attributes
+
+
+def unpickled(attributes):
+    """Inverse of :func:`pickled`: ``(attributes, (arrays, meta) or None)``."""
+    attributes = dict(attributes)
+    return attributes, attributes.pop("_fitted", None)
+
+
+def load_options(est, meta):
+    """``from_arrays`` keywords for an unpickled detector: its device and custom module."""
+    from .persist import load_device
+
+    module = est.backbone if isinstance(est.backbone, torch.nn.Module) else None
+    return {"device": load_device(meta["spec"]["device"], est.device), "module": module}
+
+
 def _generator(st, source):
     try:
         if st["bit_generator"] != "PCG64" or set(st) != {"bit_generator", "state", "inc", "has_uint32", "uinteger"}:
