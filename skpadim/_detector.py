@@ -37,25 +37,22 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     backbone : str or torch.nn.Module, default="resnet18"
-        A torchvision classification model name or any module whose forward
-        pass takes a (B, 3, H, W) image batch (copied at fit, never modified).
+        A torchvision model name, or a module taking (B, 3, H, W) batches.
     layers : list of str, default=None
-        Names of the modules whose outputs form the embedding. ``None``: the
-        paper's ``layer1``-``layer3`` for ResNets, else the last stage at
-        strides 4, 8 and 16. Required for a custom module.
+        Modules whose outputs form the embedding. ``None``: ``layer1``-``3``
+        for ResNets, else the stages at strides 4, 8, 16. Required for a module.
     weights : str, WeightsEnum, path or None, default="DEFAULT"
         torchvision weights (``"DEFAULT"``, a member or its name), ``None``
         (random), or a state_dict file. A custom module is used as given.
     n_features : int, default=None
-        Channels kept at random. ``None``: the paper's numbers (resnet18: 100,
-        wide_resnet50_2: 550), all channels for other backbones.
+        Channels kept at random; ``None``: 100 for resnet18, 550 for
+        wide_resnet50_2, all for others.
     image_size : int or (int, int), default=224
-        Size every image is resized to (bilinear, antialiased).
+        Size every image is resized to.
     epsilon : float, default=0.01
-        Covariance regularization: unbiased sample covariance + epsilon * I.
+        Covariance regularization: sample covariance + epsilon * I.
     sigma : float, default=4.0
-        Std, in pixels of ``image_size``, of the maps' Gaussian smoothing; 0
-        disables it.
+        Std (pixels) of the maps' Gaussian smoothing; 0 disables it.
     contamination : 'auto' or float in (0, 0.5], default='auto'
         Sets ``offset_``. A float is the fraction of *new normal* images
         that ``predict`` is expected to flag; ``'auto'`` is Tukey's far-out
@@ -74,24 +71,18 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     Attributes
     ----------
-    mean_ : ndarray of shape (P, d), float64
-        Mean embedding per patch position (row-major grid of P = h * w).
-    precision_ : ndarray of shape (P, d, d), float32
-        Inverse of covariance + epsilon * I per position.
+    mean_, precision_ : ndarrays of shape (P, d) and (P, d, d)
+        Gaussian per patch position (row-major grid of P = h * w positions).
     feature_index_ : ndarray of shape (d,)
         Sorted indices of the kept channels in the concatenated layers.
     feature_map_shape_ : tuple (h, w)
         Patch grid size.
-    layers_ : tuple of str
-        The layers used.
-    layer_shapes_ : tuple of (channels, height, width)
-        Each layer's feature map at ``image_size``.
+    layers_, layer_shapes_ : tuples
+        The layers used, and their (channels, height, width) at image_size.
     backbone_ : torch.nn.Module
         The backbone; the modules after the last of ``layers_`` are removed.
-    n_samples_seen_ : int
-        Number of normal images fitted.
-    n_channels_in_ : int or None
-        1 or 3: the channel count of the training images.
+    n_samples_seen_, n_channels_in_ : int
+        Number of normal images fitted; their channel count (1 or 3).
     calibration_scores_ : ndarray of shape (k,), float64
         ``score_samples`` of the held-out calibration images (see Notes).
     offset_ : float
@@ -199,8 +190,6 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"offset_ must be a finite float, got {value!r}.")
         state.offset = float(value)
 
-    # ------------------------------------------------------------------ fit
-
     def fit(self, X, y=None):
         """Fit the per-position Gaussians on normal images.
 
@@ -221,10 +210,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Add images to the running statistics (same result as one ``fit``).
 
-        Parameters that define the embedding (backbone, layers, weights,
-        n_features, image_size, normalize) must not change between calls.
-        If the call fails or is interrupted, the detector keeps its previous
-        state (a failing first call leaves it unfitted).
+        backbone, layers, weights, n_features, image_size and normalize must
+        not change between calls. A failed call leaves the detector as it was.
 
         Parameters
         ----------
@@ -237,9 +224,16 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return self._fit(X, y, reset=False)
 
     def fit_predict(self, X, y=None):
-        """``fit(X, y)`` then ``predict(X)``: labels of every image of X, -1 or +1.
+        """``fit(X, y)`` then ``predict(X)``: only normal images are fitted, all are labelled.
 
-        As in :meth:`fit`, only the normal images of ``y`` are fitted.
+        Parameters
+        ----------
+        X, y : see :meth:`fit`.
+
+        Returns
+        -------
+        labels : ndarray of shape (N,), int
+            -1 for anomalous images, +1 for normal ones.
         """
         return self.fit(X, y).predict(X)
 
@@ -253,21 +247,16 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             self._state = fitting.fit_call(self.__dict__.get("_state"), params, X, y)
         return self
 
-    # -------------------------------------------------------------- predict
-
     def anomaly_map(self, X, *, return_scores=False):
-        """Per-pixel anomaly maps (higher = more anomalous).
+        """Per-pixel anomaly maps (higher = more anomalous), at each image's own size.
 
-        Mahalanobis distance of every patch, upsampled bilinearly to
-        ``image_size``, smoothed with a Gaussian of std ``sigma``, then
-        resized bilinearly to each input image's own size.
+        Patch distances upsampled to ``image_size``, smoothed (``sigma``), resized.
 
         Parameters
         ----------
         X : array of shape (N, H, W[, C]), list of images or list of paths
         return_scores : bool, default=False
-            Also return ``score_samples(X)`` from the same pass (taken before
-            the resize to each image's own size, as :meth:`score_samples`).
+            Also return ``score_samples(X)``, from the same pass.
 
         Returns
         -------
@@ -333,8 +322,6 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         check_channels(state, images)
         return state, images
 
-    # ------------------------------------------------------------ threshold
-
     def offset_for(self, contamination):
         """The ``offset_`` that ``contamination`` gives; nothing is refitted or changed.
 
@@ -382,8 +369,6 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.contamination = contamination
         return self
 
-    # ---------------------------------------------------------- persistence
-
     def __getstate__(self):
         # A copy (object.__getstate__ gives __dict__ itself), the state as arrays.
         return pickled(dict(super().__getstate__()))
@@ -395,10 +380,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             self._state = FittedState.from_arrays(*exported, **load_options(self, exported[1]))
 
     def save(self, path, *, metadata=None):
-        """Write the fitted detector to ``path`` without pickle (see :meth:`load`).
-
-        One file (a zip of ``.npy`` arrays and a JSON config with SHA-256
-        hashes), written atomically; see docs/safety.md.
+        """Write the fitted detector to ``path`` without pickle, atomically (docs/safety.md).
 
         Parameters
         ----------
@@ -419,9 +401,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ----------
         path : str or os.PathLike
         backbone : torch.nn.Module, default=None
-            Required when the detector was fitted with a custom module: an
-            instance of the same architecture (the saved weights are loaded
-            into a copy of it). Must be None for torchvision backbones.
+            For a detector fitted with a custom module: an instance of its
+            class (a copy receives the saved weights). None otherwise.
 
         Returns
         -------
