@@ -117,10 +117,9 @@ def save_model(detector, path):
     from torch import nn
 
     detector.set_params(device="auto", verbose=False)
-    if isinstance(detector.backbone, nn.Module):
-        setattr(detector, MARKER, EFFICIENTNET)
+    metadata = {MARKER: EFFICIENTNET} if isinstance(detector.backbone, nn.Module) else None
     try:
-        detector.save(path)
+        detector.save(path, metadata=metadata)
     except OSError as exc:
         raise CLIError(
             f"Could not write the model file '{path}': {exc.strerror or exc}. Choose a "
@@ -137,6 +136,11 @@ def peek_config(path):
         return None
 
 
+def _metadata(config):
+    meta = config.get("metadata") if isinstance(config, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def load_model(path):
     """Load a model file written by ``skpadim fit`` (or ``PadimDetector.save``)."""
     from . import PadimDetector
@@ -148,14 +152,16 @@ def load_model(path):
     if os.path.isdir(path):
         raise CLIError(f"'{path}' is a folder; pass the model file written by skpadim fit --out.")
     config = peek_config(path)
-    spec = config.get("backbone") if isinstance(config, dict) else None
+    try:
+        kind = config["state"]["spec"]["backbone"]
+    except (TypeError, KeyError):
+        kind = None
     backbone = None
-    if isinstance(spec, dict) and spec.get("kind") == "module":
-        extra = config.get("extra")
-        if not (isinstance(extra, dict) and extra.get(MARKER) == EFFICIENTNET):
+    if isinstance(kind, str) and kind.startswith("module:"):
+        if _metadata(config).get(MARKER) != EFFICIENTNET:
             raise CLIError(
                 f"'{path}' was fitted in Python with a custom backbone module "
-                f"({spec.get('class')}), which the command line cannot rebuild; load it in "
+                f"({kind[len('module:'):]}), which the command line cannot rebuild; load it in "
                 "Python with PadimDetector.load(path, backbone=module)."
             )
         backbone = _efficientnet_module(pretrained=False, model_file=path)
@@ -175,7 +181,7 @@ def describe(detector, path):
 
     config = peek_config(path)
     config = config if isinstance(config, dict) else {}
-    backbone = getattr(detector, MARKER, None)
+    backbone = _metadata(config).get(MARKER)
     if backbone is None:
         backbone = detector.backbone
         if not isinstance(backbone, str):
@@ -183,7 +189,7 @@ def describe(detector, path):
     weights = None if detector.weights is None else str(detector.weights)
     h, w = image_size_pair(detector.image_size)
     gh, gw = detector.feature_map_shape_
-    total = sum(int(c) for c, _, _ in detector._shapes)  # (channels, h, w) per layer
+    total = sum(int(c) for c, _, _ in detector.layer_shapes_)  # (channels, h, w) per layer
     return {
         "file": os.fspath(path),
         "file_size_bytes": os.path.getsize(path),

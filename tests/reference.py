@@ -16,10 +16,14 @@ def preprocessed(det, X):
     """The detector's own preprocessing (resize + normalization), float64 numpy."""
     from skpadim._engine.images import check_images
 
+    from skpadim._engine.params import image_size_pair, normalization
+
     images = check_images(X)
-    mean = torch.tensor(det._norm[0]).view(1, 3, 1, 1)
-    std = torch.tensor(det._norm[1]).view(1, 3, 1, 1)
-    return torch.cat([(x - mean) / std for x, _ in images.batches(7, det._image_size, "cpu")])
+    norm = normalization(det.normalize)
+    mean = torch.tensor(norm[0]).view(1, 3, 1, 1)
+    std = torch.tensor(norm[1]).view(1, 3, 1, 1)
+    size = image_size_pair(det.image_size)
+    return torch.cat([(x - mean) / std for x, _ in images.batches(7, size, "cpu")])
 
 
 def embeddings(det, X):
@@ -31,8 +35,11 @@ def embeddings(det, X):
         modules[name].register_forward_hook(lambda m, a, o, name=name: outputs.__setitem__(name, o))
         for name in det.layers_
     ]
-    with torch.no_grad():
-        det.backbone_(x)  # the whole network, no early stop
+    try:
+        with torch.no_grad():
+            det.backbone_(x)  # the whole (truncated) network, no early stop ...
+    except RuntimeError as exc:  # ... until its first removed module, after the tapped layers
+        assert "was removed" in str(exc)
     for h in hooks:
         h.remove()
     feats = [outputs[name].double() for name in det.layers_]

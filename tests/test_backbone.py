@@ -71,7 +71,7 @@ def test_state_dict_file(tmp_path):
     "weights, match",
     [("IMAGENET9K", "must be 'DEFAULT', a member of ResNet18_Weights"),
      (torchvision.models.ResNet50_Weights.DEFAULT, "belongs to ResNet50_Weights"),
-     (3.5, "'weights' parameter must be")],
+     (3.5, "The 'weights' parameter of PadimDetector must be None or 'DEFAULT', a weights enum .*Got 3.5 instead")],
 )
 def test_bad_weights(weights, match):
     with pytest.raises(ValueError, match=match):

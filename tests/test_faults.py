@@ -1,4 +1,4 @@
-"""Faults: interrupted partial_fit, tiny training sets, device out of memory."""
+"""Faults: interrupted partial_fit, tiny training sets, memory checks and out of memory."""
 
 import numpy as np
 import pytest
@@ -18,27 +18,31 @@ B = textured(5, seed=21)
 
 
 def _snapshot(det):
-    s = det._stats
+    s = det._state
     return {
+        "state": s,
         "mean_": det.mean_.copy(),
         "precision_": det.precision_.copy(),
         "n_samples_seen_": det.n_samples_seen_,
         "offset_": det.offset_,
-        "stats": (s.n, s.shift.clone(), s.total.clone(), s.outer.clone()),
-        "reservoir": len(det._reservoir.items),
-        "rng": det._rng.get_state()[1].copy(),
+        "stats": (s.stats.n, s.stats.shift.clone(), s.stats.total.clone(), s.stats.outer.clone()),
+        "sample": (s.sample.keys.copy(), s.sample.ids.copy(), len(s.sample.items)),
+        "rng": s.rng.bit_generator.state,
     }
 
 
 def _assert_same(a, b):
+    assert a["state"] is b["state"]  # the detector still holds the same, untouched, state
     np.testing.assert_array_equal(a["mean_"], b["mean_"])
     np.testing.assert_array_equal(a["precision_"], b["precision_"])
     assert a["n_samples_seen_"] == b["n_samples_seen_"] and a["offset_"] == b["offset_"]
     assert a["stats"][0] == b["stats"][0]
     for x, y in zip(a["stats"][1:], b["stats"][1:]):
         assert torch.equal(x, y)
-    assert a["reservoir"] == b["reservoir"]
-    np.testing.assert_array_equal(a["rng"], b["rng"])
+    np.testing.assert_array_equal(a["sample"][0], b["sample"][0])
+    np.testing.assert_array_equal(a["sample"][1], b["sample"][1])
+    assert a["sample"][2] == b["sample"][2]
+    assert a["rng"] == b["rng"]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,8 @@ def _InterruptOnCall(fn, call, exc):
 def test_keyboard_interrupt_in_the_second_batch_keeps_the_state(monkeypatch, uninterrupted):
     det = PadimDetector(**P).fit(A)
     before = _snapshot(det)
-    taps = _InterruptOnCall(det._taps, 2, KeyboardInterrupt())
-    monkeypatch.setattr(det, "_taps", taps)
+    taps = _InterruptOnCall(det._state.embedder.taps, 2, KeyboardInterrupt())
+    monkeypatch.setattr(det._state.embedder, "taps", taps)
     with pytest.raises(KeyboardInterrupt):
         det.partial_fit(B)
     assert taps.n == 2
@@ -194,7 +198,7 @@ def test_out_of_memory_in_fit_names_batch_size(monkeypatch):
 def test_out_of_memory_in_predict_names_batch_size(monkeypatch, uninterrupted, method):
     det = uninterrupted[2]
     monkeypatch.setattr(det, "batch_size", 7)
-    monkeypatch.setattr("skpadim._detector.mahalanobis", _oom)
+    monkeypatch.setattr("skpadim._engine.inference.mahalanobis", _oom)
     with pytest.raises(MemoryError, match=r"batch_size=7 images.*batch_size=3"):
         getattr(det, method)(B)
 
@@ -204,3 +208,58 @@ def test_other_errors_are_not_disguised(monkeypatch):
     monkeypatch.setattr(PatchEmbedding, "__call__", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
     with pytest.raises(RuntimeError, match="shape bug"):
         det.fit(A)
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory"),
+])
+def test_out_of_memory_at_the_end_of_fit_does_not_blame_batch_size(monkeypatch, error):
+    det = PadimDetector(**SMALL)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(GaussianStats, "precision", fail)
+    with pytest.raises(MemoryError, match=r"at the end of fit.*n_features=20.*batch_size does not change") as info:
+        det.fit(A)
+    assert "smaller batch_size" not in str(info.value)
+    assert info.value.__cause__ is error
+
+
+# ------------------------------------------------------------ memory checks
+
+
+def _available(monkeypatch, n_bytes):
+    monkeypatch.setattr("skpadim._engine.memory.available_bytes", lambda device: n_bytes)
+
+
+def _need(det_or_none=None):
+    from skpadim._engine.memory import fit_call_bytes
+
+    det = det_or_none or PadimDetector(**SMALL).fit(A[:2])
+    return fit_call_bytes(*det.mean_.shape, det._state.embedder.kept_item_bytes())
+
+
+def test_memory_check_compares_with_available_memory(monkeypatch):
+    need = _need()
+    _available(monkeypatch, int(need * 0.5))
+    with pytest.raises(MemoryError, match=r"n_features=20 with 64 patch positions needs about .* GiB.*"
+                                          r"more than this cpu device has available.*Lower n_features"):
+        PadimDetector(**SMALL).fit(A)
+
+
+def test_first_fit_warns_when_a_later_partial_fit_would_not_fit(monkeypatch):
+    need = _need()
+    _available(monkeypatch, int(need * 1.5))
+    with pytest.warns(UserWarning, match=r"a later partial_fit on this detector needs as much again"):
+        det = PadimDetector(**SMALL).fit(A)
+    before = _snapshot(det)
+    with pytest.raises(MemoryError, match=r"partial_fit keeps the detector's current statistics "
+                                          r"\(\d.* GiB\) in use until the new ones are complete"):
+        _available(monkeypatch, int(need * 0.5))
+        det.partial_fit(B)
+    _assert_same(_snapshot(det), before)
+    _available(monkeypatch, 100 * need)
+    det.partial_fit(B)  # enough memory again
+    assert det.n_samples_seen_ == len(A) + len(B)

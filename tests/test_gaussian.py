@@ -22,6 +22,10 @@ def _ref(x, eps):
     return mean, prec
 
 
+def _clone(s):
+    return GaussianStats(s.n, s.shift.clone(), s.total.clone(), s.outer.clone())
+
+
 def _stats(batches):
     s = GaussianStats.empty(batches[0].shape[0], batches[0].shape[1], "cpu")
     for b in batches:
@@ -41,7 +45,7 @@ def test_merge_equals_single_pass():
     x = _data(90)
     a = _stats([x[..., :40]])
     b = _stats([x[..., 40:70], x[..., 70:]])
-    merged = a.copy().combine(b)
+    merged = _clone(a).combine(b)
     whole = _stats([x])
     assert merged.n == 90
     np.testing.assert_allclose(merged.mean().numpy(), whole.mean().numpy(), rtol=1e-12)
@@ -52,13 +56,13 @@ def test_subtract_undoes_merge():
     x = _data(60)
     whole = _stats([x])
     part = _stats([x[..., 45:]])
-    rest = whole.copy().combine(part, sign=-1)
+    rest = _clone(whole).combine(part, sign=-1)
     ref = _stats([x[..., :45]])
     assert rest.n == 45
     np.testing.assert_allclose(rest.mean().numpy(), ref.mean().numpy(), rtol=1e-10)
     np.testing.assert_allclose(rest.precision(0.01).numpy(), ref.precision(0.01).numpy(), rtol=1e-4)
     with pytest.raises(ValueError, match="more images"):
-        part.copy().combine(whole, sign=-1)
+        _clone(part).combine(whole, sign=-1)
 
 
 def test_distances_match_explicit_formula():
@@ -105,7 +109,7 @@ def test_only_the_upper_triangle_is_read():
     x = _data(30)
     s = _stats([x])
     ref = s.precision(0.01).numpy()
-    noisy = s.copy()
+    noisy = _clone(s)
     noisy.outer += torch.randn(noisy.outer.shape).tril(-1) * 1e3
     np.testing.assert_array_equal(noisy.precision(0.01).numpy(), ref)
     y = _data(3, seed=1)
@@ -138,7 +142,7 @@ def test_threaded_chunks_equal_one_chunk(monkeypatch):
         with torch.inference_mode():  # as in fit: the workers must inherit it
             s = _stats([x])
             many = s.precision(0.01), s.distances_of(y, 0.01), s.distances_of(x[..., :4], 0.01, held_out=True)
-            s.copy().combine(s)
+            _clone(s).combine(s)
         assert torch.get_num_threads() == 3  # restored
     finally:
         torch.set_num_threads(threads)

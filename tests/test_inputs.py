@@ -1,5 +1,7 @@
 """Bad inputs: every mistake gives a ValueError that names the culprit and the fix."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -188,30 +190,30 @@ _NO_CUDA = not torch.cuda.is_available()
     "params, match",
     [
         ({"backbone": "resnet19"}, r"Unknown backbone 'resnet19'. Did you mean 'resnet18'"),
-        ({"backbone": 3}, r"'backbone' parameter of PadimDetector must be a torchvision model name .*Got 3"),
+        ({"backbone": 3}, r"The 'backbone' parameter of PadimDetector must be a torchvision model name or a torch.nn.Module. Got 3 instead"),
         ({"layers": ["layer1", "layr2"]}, r"'layers' parameter names 'layr2'.*Did you mean 'layer2'"),
         ({"layers": "layer1"}, r"'layers' parameter .* non-empty list of module names. Got 'layer1'"),
         ({"backbone": _Net()}, r"'layers' parameter of PadimDetector is required for a custom module"),
-        ({"n_features": 0}, r"'n_features' parameter of PadimDetector must be None or an int >= 1. Got 0"),
+        ({"n_features": 0}, r"The 'n_features' parameter of PadimDetector must be None or an int in the range \[1, inf\). Got 0 instead"),
         ({"n_features": 100_000}, r"'n_features' parameter of PadimDetector is 100000, but layers .* have only 448 channels"),
-        ({"epsilon": 0}, r"'epsilon' parameter of PadimDetector must be a finite float > 0. Got 0"),
+        ({"epsilon": 0}, r"The 'epsilon' parameter of PadimDetector must be a float in the range \(0.0, inf\). Got 0 instead"),
         ({"epsilon": -1.0}, r"'epsilon' .*Got -1.0"),
         ({"epsilon": float("nan")}, r"'epsilon' .*Got nan"),
-        ({"sigma": -1.0}, r"'sigma' parameter of PadimDetector must be a finite float >= 0.*Got -1.0"),
-        ({"contamination": 0.0}, r"'contamination' parameter .*'auto' or a float in \(0, 0.5\]. Got 0.0"),
+        ({"sigma": -1.0}, r"The 'sigma' parameter of PadimDetector must be a float in the range \[0.0, inf\). Got -1.0 instead"),
+        ({"contamination": 0.0}, r"The 'contamination' parameter of PadimDetector must be a str among \{'auto'\} or a float in the range \(0.0, 0.5\]. Got 0.0 instead"),
         ({"contamination": 0.7}, r"'contamination' .*Got 0.7"),
         ({"contamination": "high"}, r"'contamination' .*Got 'high'"),
-        ({"image_size": 0}, r"'image_size' parameter of PadimDetector must be a positive int .*Got 0"),
+        ({"image_size": 0}, r"The 'image_size' parameter of PadimDetector must be an int in the range \[1, inf\) or a \(height, width\) pair of positive ints. Got 0 instead"),
         ({"image_size": (32,)}, r"'image_size' .*\(height, width\) pair.*Got \(32,\)"),
         ({"image_size": "big"}, r"'image_size' .*Got 'big'"),
         ({"image_size": 32.0}, r"'image_size' .*Got 32.0"),
-        ({"batch_size": 0}, r"'batch_size' parameter of PadimDetector must be an int >= 1. Got 0"),
+        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be an int in the range \[1, inf\). Got 0 instead"),
         ({"batch_size": 2.5}, r"'batch_size' .*Got 2.5"),
         ({"device": "tpu"}, r"'device' parameter of PadimDetector must be 'auto', 'cpu', 'cuda'.*Got 'tpu'"),
         ({"device": "cuda:7"}, r"'device' parameter of PadimDetector is 'cuda:7', but"),
         pytest.param({"device": "cuda"}, r"'device' parameter of PadimDetector is 'cuda', but CUDA is not available",
                      marks=pytest.mark.skipif(not _NO_CUDA, reason="CUDA is available")),
-        ({"normalize": "imagenet2"}, r"'normalize' parameter .*'imagenet', None or a \(mean, std\) pair.*Got 'imagenet2'"),
+        ({"normalize": "imagenet2"}, r"The 'normalize' parameter of PadimDetector must be a str among \{'imagenet'\}, None or a \(mean, std\) pair of 3 finite floats each, std > 0. Got 'imagenet2' instead"),
         ({"normalize": ((0.5,) * 3,)}, r"'normalize' parameter"),
         ({"normalize": ((0.5,) * 2, (0.5,) * 3)}, r"'normalize' parameter .*pair of 3 finite floats"),
         ({"normalize": ((0.5,) * 3, (0.0,) * 3)}, r"'normalize' parameter .*std > 0"),
@@ -222,6 +224,40 @@ _NO_CUDA = not torch.cuda.is_available()
 def test_bad_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         _fit(X, **params)
+
+
+def _calls(det):
+    return {
+        "fit": lambda: det.fit(X),
+        "partial_fit": lambda: det.partial_fit(X),
+        "fit_predict": lambda: det.fit_predict(X),
+        "score_samples": lambda: det.score_samples(X),
+        "decision_function": lambda: det.decision_function(X),
+        "predict": lambda: det.predict(X),
+        "anomaly_map": lambda: det.anomaly_map(X),
+    }
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be an int in the range \[1, inf\). Got 0 instead"),
+        ({"batch_size": True}, r"'batch_size' .*Got True instead"),
+        ({"contamination": 5.0}, r"The 'contamination' parameter of PadimDetector must be .* \(0.0, 0.5\]. Got 5.0 instead"),
+        ({"epsilon": float("inf")}, r"'epsilon' .*Got inf instead"),
+        ({"verbose": -1}, r"'verbose' .*Got -1 instead"),
+        ({"device": "tpu"}, r"'device' parameter .*'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device. Got 'tpu'"),
+    ],
+)
+@pytest.mark.parametrize("method", list(_calls(None)))
+def test_parameters_are_validated_at_every_call(fitted, params, match, method):
+    """set_params does not validate; every public method does, before any work."""
+    det = pickle.loads(pickle.dumps(fitted))
+    det.set_params(**params)
+    with pytest.raises(ValueError, match=match):
+        _calls(det)[method]()
+    assert det.get_params()[next(iter(params))] == params[next(iter(params))]
+    assert det.n_samples_seen_ == fitted.n_samples_seen_  # nothing was done, nothing reset
 
 
 def test_state_dict_that_does_not_match(tmp_path):

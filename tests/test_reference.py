@@ -18,7 +18,7 @@ def test_fit_and_maps_match_reference(images, sigma):
     np.testing.assert_allclose(det.precision_, precision, rtol=2e-4, atol=2e-4 * np.abs(precision).max())
 
     test = textured(5, seed=7)
-    expected = reference.maps(reference.embeddings(det, test), mean, precision, det._image_size, sigma)
+    expected = reference.maps(reference.embeddings(det, test), mean, precision, (32, 32), sigma)
     got = det.anomaly_map(test)
     assert got.dtype == np.float32 and got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.max())
@@ -53,14 +53,14 @@ def test_calibration_scores_are_out_of_sample():
     """offset_ comes from held-out images scored by Gaussians fitted without them."""
     X = textured(30, seed=5)
     det = PadimDetector(**{**SMALL, "contamination": 0.25}).fit(X)
-    held = det._reservoir.held_out(det.n_samples_seen_, det._embedding.embed_kept)[0]
-    k = held.shape[-1]
-    assert k == 30 // 5
-    # Which images were held out: match the stored embeddings to the images'.
+    sample = det._state.sample
+    items, ids = sample.held_out(det.n_samples_seen_)
+    assert len(ids) == 30 // 5 and len(set(ids.tolist())) == len(ids)
+    # The stored channels are those of the images the ids name.
+    held = det._state.embedder.patches.embed_kept(items).numpy().transpose(2, 1, 0)  # (k, d, P)
     E = reference.embeddings(det, X).reshape(30, len(det.feature_index_), -1)
-    held_np = held.numpy().transpose(2, 1, 0)  # (k, d, P)
-    ids = [int(np.argmin(((E - h) ** 2).sum(axis=(1, 2)))) for h in held_np]
+    np.testing.assert_allclose(held, E[ids], rtol=1e-5, atol=1e-5)
     others = np.setdiff1d(np.arange(30), ids)
     ref = PadimDetector(**SMALL).fit(X[others])
-    np.testing.assert_allclose(det._calibration, ref.score_samples(X[ids]), rtol=1e-4)
-    assert det.offset_ == pytest.approx(np.percentile(det._calibration, 25))
+    np.testing.assert_allclose(det.calibration_scores_, ref.score_samples(X[ids]), rtol=1e-4)
+    assert det.offset_ == pytest.approx(np.percentile(det.calibration_scores_, 25, method="weibull"))

@@ -99,9 +99,36 @@ def test_round_trip_resnet18(resnet, saved):
     np.testing.assert_array_equal(loaded.precision_, resnet.precision_)
     np.testing.assert_array_equal(loaded.feature_index_, resnet.feature_index_)
     assert loaded.get_params() == resnet.get_params()
-    for name in ("offset_", "n_samples_seen_", "layers_", "feature_map_shape_", "n_channels_in_", "device_"):
+    for name in ("offset_", "n_samples_seen_", "layers_", "layer_shapes_", "feature_map_shape_",
+                 "n_channels_in_", "device_"):
         assert getattr(loaded, name) == getattr(resnet, name), name
-    np.testing.assert_array_equal(loaded._calibration, resnet._calibration)
+    np.testing.assert_array_equal(loaded.calibration_scores_, resnet.calibration_scores_)
+    # The backbone is the fitted one, weight for weight, and nothing after layer3.
+    a, b = loaded.backbone_.state_dict(), resnet.backbone_.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not [k for k in a if k.startswith(("layer4", "fc"))]
+
+
+def test_loading_does_not_factorize(saved, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Cholesky factorization ran at load")
+
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", refuse)
+    monkeypatch.setattr(torch.linalg, "cholesky", refuse)
+    PadimDetector.load(saved)
+
+
+def test_metadata_is_kept_in_the_file_and_never_applied(resnet, tmp_path):
+    path = tmp_path / "meta.skpadim"
+    resnet.save(path, metadata={"line": 3, "offset_": -1.0, "note": "weekly refit"})
+    with zipfile.ZipFile(path) as zf:
+        config = json.loads(zf.read("config.json"))
+    assert config["metadata"] == {"line": 3, "offset_": -1.0, "note": "weekly refit"}
+    loaded = PadimDetector.load(path)
+    assert loaded.offset_ == resnet.offset_ and not hasattr(loaded, "line")
+    with pytest.raises(ValueError, match="metadata must be JSON-representable"):
+        resnet.save(tmp_path / "bad.skpadim", metadata={"a": object()})
+    assert sorted(os.listdir(tmp_path)) == ["meta.skpadim"]
 
 
 def test_loaded_detector_continues_like_a_pickled_one(resnet, saved):
@@ -218,16 +245,56 @@ def test_edited_array_values_are_refused(saved, tmp_path):
 
 
 def test_edited_config_is_refused(saved, tmp_path):
-    m = _with_config(_members(saved), lambda c: c["state"].update(offset_=-1e9), rehash=False)
+    m = _with_config(_members(saved), lambda c: c["state"]["fitted"].update(offset=-1e9), rehash=False)
     bad = _rewrite(saved, tmp_path / "config.skpadim", m)
     with pytest.raises(ValueError, match=r"'.*config.skpadim'.*config.json does not match its SHA-256"):
         PadimDetector.load(bad)
 
 
-def test_inconsistent_shapes_are_refused_even_with_valid_hashes(saved, tmp_path):
-    m = _with_config(_members(saved), lambda c: c["state"].update(feature_map_shape_=[4, 4]))
+@pytest.mark.parametrize("edit", [
+    lambda c: c["state"]["spec"]["shapes"].__setitem__(0, [64, 4, 4]),
+    lambda c: c["state"].update(n=3),
+    lambda c: c["state"]["fitted"].update(contamination=0.9),
+    lambda c: c["state"]["spec"].update(image_size=[32]),
+])
+def test_inconsistent_contents_are_refused_even_with_valid_hashes(saved, tmp_path, edit):
+    m = _with_config(_members(saved), edit)
     bad = _rewrite(saved, tmp_path / "shapes.skpadim", m)
     with pytest.raises(ValueError, match=r"'.*shapes.skpadim'.*inconsistent contents"):
+        PadimDetector.load(bad)
+
+
+def _add_array(members, name, arr):
+    def edit(c):
+        c["arrays"][name] = {"dtype": arr.dtype.str, "shape": list(arr.shape),
+                             "sha256": hashlib.sha256(arr.tobytes()).hexdigest()}
+
+    out = _with_config(members, edit)
+    out[name + ".npy"] = _npy(arr)
+    return out
+
+
+@pytest.mark.parametrize("what", ["config key", "state key", "array", "attribute array"])
+def test_only_the_known_contents_are_accepted(saved, tmp_path, what):
+    """Nothing in a file reaches the detector but its parameters and its fitted state."""
+    m = _members(saved)
+    if what == "config key":
+        m = _with_config(m, lambda c: c.update(extra={"offset_": -1e9}))
+    elif what == "state key":
+        m = _with_config(m, lambda c: c["state"].update(offset_=-1e9))
+    elif what == "array":
+        m = _add_array(m, "calibration_extra", np.zeros(3))
+    else:
+        m = _add_array(m, "extra.precision_", np.zeros(3))
+    bad = _rewrite(saved, tmp_path / "extra.skpadim", m)
+    with pytest.raises(ValueError, match=r"Cannot load '.*extra.skpadim'.*(unexpected|inconsistent)"):
+        PadimDetector.load(bad)
+
+
+def test_files_of_the_first_format_ask_for_a_refit(saved, tmp_path):
+    m = _with_config(_members(saved), lambda c: c.update(format_version=1, skpadim_version="0.0.1"))
+    bad = _rewrite(saved, tmp_path / "old.skpadim", m)
+    with pytest.raises(ValueError, match=r"'.*old.skpadim'.*format version 1, which this skpadim no longer reads"):
         PadimDetector.load(bad)
 
 
@@ -249,7 +316,7 @@ class _Payload:
 
 
 def test_backbone_name_is_never_imported(saved, tmp_path):
-    m = _with_config(_members(saved), lambda c: c["backbone"].update(name="os.system"))
+    m = _with_config(_members(saved), lambda c: c["state"]["spec"].update(backbone="os.system"))
     bad = _rewrite(saved, tmp_path / "name.skpadim", m)
     with pytest.raises(ValueError, match=r"'.*name.skpadim' names the backbone 'os.system', which is not a torchvision"):
         PadimDetector.load(bad)

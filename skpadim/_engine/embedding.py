@@ -3,11 +3,15 @@
 :class:`PatchEmbedding` keeps the randomly chosen channels of each layer
 *before* upsampling, and writes them, nearest-upsampled to the finest
 layer's grid, straight into one buffer in the (positions, channels, batch)
-layout that the Gaussian arithmetic consumes. Peers upsample and concatenate
+layout that the Gaussian arithmetic consumes. The buffer is reused from
+batch to batch, one per calling thread, so that several threads can embed
+at once. Peers upsample and concatenate
 every channel and only then select the subset; selection commutes with
 nearest upsampling, so the result is the same, without the large
 intermediate tensors.
 """
+
+import threading
 
 import numpy as np
 import torch
@@ -49,20 +53,23 @@ class PatchEmbedding:
                 cols = _nearest_index(w, W, device)
             self._plan.append((idx, offset, len(local), rows, cols))
             offset += len(local)
-        self._buffer = None
+        self._local = threading.local()  # the calling thread's buffer
 
     @property
     def n_positions(self):
         return self.grid[0] * self.grid[1]
 
     def __call__(self, feats):
-        """Return a float32 tensor (positions, n_features, batch), reused across calls."""
+        """Return a float32 tensor (positions, n_features, batch).
+
+        The tensor is reused by the next call from the same thread.
+        """
         B = feats[0].shape[0]
         H, W = self.grid
         d = self.n_features
-        buf = self._buffer
+        buf = getattr(self._local, "buffer", None)
         if buf is None or buf.shape[-1] != B or buf.device != feats[0].device:
-            buf = self._buffer = torch.empty(H * W, d, B, device=feats[0].device)
+            buf = self._local.buffer = torch.empty(H * W, d, B, device=feats[0].device)
         grid = buf.view(H, W, d, B)
         for f, (idx, off, n, rows, cols) in zip(self._layer_feats(feats), self._plan):
             sel = f if idx is None else f.index_select(1, idx)

@@ -158,9 +158,6 @@ class GaussianStats:
         self.n += sign * other.n
         return self
 
-    def copy(self):
-        return GaussianStats(self.n, self.shift.clone(), self.total.clone(), self.outer.clone())
-
     def to(self, device):
         return GaussianStats(
             self.n, self.shift.to(device), self.total.to(device), self.outer.to(device)
@@ -169,10 +166,6 @@ class GaussianStats:
     def mean(self):
         """(P, d) float64."""
         return self.shift.double() + self.total / self.n
-
-    def slice(self, a, b):
-        """Statistics of positions a:b (views, no copy)."""
-        return GaussianStats(self.n, self.shift[a:b], self.total[a:b], self.outer[a:b])
 
     def precision(self, epsilon, dtype=torch.float32):
         """(P, d, d) inverse of covariance + epsilon * I, via Cholesky, float64 inside."""

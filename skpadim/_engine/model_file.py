@@ -6,20 +6,24 @@ never imports or calls anything the file names. The file is a zip archive
 (numpy's ``.npz`` layout, uncompressed) with
 
 * ``config.json``: format name and version, skpadim version, the
-  constructor parameters that JSON can represent, the fitted scalars and
-  shapes, the backbone's description, and the dtype, shape and SHA-256 of
-  every array;
+  constructor parameters that JSON can represent, the fitted state's
+  metadata (:meth:`FittedState.to_arrays
+  <skpadim._engine.state.FittedState.to_arrays>`) and the dtype, shape and
+  SHA-256 of every array;
 * ``config.sha256``: the SHA-256 of ``config.json``;
-* one ``.npy`` member per array (written and read with
-  ``allow_pickle=False``): the running statistics (upper triangles of the
-  sums of outer products), the channel subset, the calibration scores, the
-  random state and the backbone weights.
+* one ``.npy`` member per array of the fitted state (written and read with
+  ``allow_pickle=False``): running statistics and precisions (packed upper
+  triangles), the channel subset, the calibration sample and scores, and
+  the backbone weights.
 
 Loading checks the format version, the config's hash, every array's dtype,
-shape and hash and the consistency of the shapes before building anything,
-and refuses the file with a ValueError naming it otherwise. The hashes catch
-corruption and accidental edits, not forgeries (anyone can recompute them):
-what keeps a hostile file harmless is that loading executes nothing from it.
+shape and hash, that the config holds exactly the expected keys and the
+arrays exactly the expected names, and the consistency of the shapes, before
+building anything; it refuses the file with a ValueError naming it
+otherwise. The hashes catch corruption and accidental edits, not forgeries
+(anyone can recompute them): what keeps a hostile file harmless is that
+loading executes nothing from it, and sets nothing on the detector but its
+constructor parameters and its fitted state.
 
 A torchvision backbone is rebuilt from its name (checked against
 ``torchvision.models.list_models``) with ``weights=None`` and the saved
@@ -32,7 +36,6 @@ flushed to disk, then renamed over the final name.
 """
 
 import contextlib
-import copy
 import hashlib
 import json
 import numbers
@@ -44,25 +47,17 @@ import zlib
 
 import numpy as np
 import torch
-from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from .persist import (
-    EXPORTED,
-    backbone_weights,
-    export_state,
-    import_state,
-    load_device,
-    load_weights,
-    torchvision_backbone,
-)
+from .persist import load_device
+from .state import FittedState, InconsistentState
 
 FORMAT = "skpadim-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CONFIG = "config.json"
 _CONFIG_HASH = "config.sha256"
-# Saved separately (or not at all) rather than as generic extra attributes.
-_OWN = ("_frozen", "_rng")
+_CONFIG_KEYS = {"format", "format_version", "skpadim_version", "params", "unsaved_params", "state",
+                "metadata", "arrays"}
 
 
 class _NotJSON(TypeError):
@@ -120,13 +115,19 @@ def _sha256(arr):
 
 # ------------------------------------------------------------------ save
 
-def save(est, path):
-    """Write fitted detector ``est`` to ``path`` (see the module docstring)."""
+def save(est, state, path, metadata=None):
+    """Write detector ``est`` with fitted ``state`` to ``path`` (see the module docstring)."""
     from .. import __version__
 
-    check_is_fitted(est, "precision_")
-    state = vars(est)
-    arrays, meta = export_state(state, module_weights=True)
+    if metadata is not None:
+        if not isinstance(metadata, dict):
+            raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
+        try:
+            json.dumps(metadata, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata must be JSON-representable: {exc}") from None
+
+    arrays, meta = state.to_arrays()
     params, unsaved = {}, []
     for name, value in est.get_params(deep=False).items():
         if name == "backbone" and isinstance(value, nn.Module):
@@ -143,48 +144,14 @@ def save(est, path):
             UserWarning,
             stacklevel=3,
         )
-    module = est.backbone if isinstance(est.backbone, nn.Module) else None
-    backbone = (
-        {"kind": "torchvision", "name": est.backbone}
-        if module is None
-        else {"kind": "module", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
-    )
-    frozen = {}
-    for name, value in state.get("_frozen", {}).items():
-        with contextlib.suppress(_NotJSON):  # not saved: reset to its default, unchecked
-            if name != "backbone":
-                frozen[name] = _to_json(value)
-    rng = state.get("_rng")
-    rng_meta = None
-    if isinstance(rng, np.random.RandomState):
-        kind, keys, pos, has_gauss, gauss = rng.get_state()
-        arrays["rng.keys"] = np.asarray(keys)
-        rng_meta = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    extra = {}
-    for name, value in state.items():
-        if name in EXPORTED or name in _OWN or name in params or name in unsaved or name == "backbone":
-            continue
-        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-            arrays["extra." + name] = value
-            continue
-        try:
-            extra[name] = _to_json(value)
-        except _NotJSON:
-            raise ValueError(
-                f"Cannot save the attribute {name!r} ({type(value).__name__}) of this "
-                "PadimDetector in the pickle-free format; use joblib.dump for it."
-            ) from None
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "skpadim_version": __version__,
         "params": params,
         "unsaved_params": unsaved,
-        "backbone": backbone,
-        "frozen": {"dict": frozen},
         "state": meta,
-        "rng": rng_meta,
-        "extra": extra,
+        "metadata": metadata,
         "arrays": {
             k: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)}
             for k, a in arrays.items()
@@ -290,6 +257,13 @@ def _check_version(path, config):
     version = config.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):
         raise _refuse(path, f"invalid format_version {version!r}.")
+    if version < FORMAT_VERSION:
+        raise _refuse(
+            path,
+            f"it was written by skpadim {config.get('skpadim_version')!r} in format version "
+            f"{version}, which this skpadim no longer reads (format {FORMAT_VERSION} stores "
+            "the calibration sample and the precisions). Fit the detector again and save it.",
+        )
     if version > FORMAT_VERSION:
         from .. import __version__
 
@@ -319,98 +293,36 @@ def _read_array(path, npz, name, spec):
     return np.array(arr, dtype=arr.dtype.newbyteorder("="))  # writable, native byte order
 
 
-def _check_consistent(path, config, arrays):
-    """Shapes and scalars agree with each other (a crafted file must not crash torch)."""
-    m = config["state"]
-
-    def need(ok, what):
-        if not ok:
-            raise _refuse(path, f"inconsistent contents: {what}.")
-
-    for key in ("stats.shift", "stats.total", "stats.outer_upper", "feature_index_", "calibration"):
-        need(key in arrays, f"missing array {key!r}")
-    h, w = m["feature_map_shape_"]
-    P, idx = int(h) * int(w), arrays["feature_index_"]
-    d = len(idx)
-    need(idx.ndim == 1 and d >= 1 and idx.dtype.kind in "iu", "feature_index_ must be a 1-D int array")
-    total_channels = sum(int(c) for c, _, _ in m["shapes"])
-    need(np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < total_channels,
-         "feature_index_ must be sorted channel indices of the layers")
-    need(arrays["stats.shift"].shape == (P, d) and arrays["stats.shift"].dtype == np.float32, "stats.shift shape")
-    need(arrays["stats.total"].shape == (P, d) and arrays["stats.total"].dtype == np.float64, "stats.total shape")
-    need(arrays["stats.outer_upper"].shape == (P, d * (d + 1) // 2)
-         and arrays["stats.outer_upper"].dtype == np.float32, "stats.outer_upper shape")
-    need(isinstance(m["n"], int) and m["n"] >= 1 and m["n_samples_seen_"] == m["n"], "sample count")
-    need(len(m["layers_"]) == len(m["shapes"]) and all(isinstance(n, str) for n in m["layers_"]), "layers_")
-    need(max(((int(s[1]), int(s[2])) for s in m["shapes"]), key=lambda t: t[0] * t[1]) == (int(h), int(w)),
-         "feature_map_shape_ does not match the layer shapes")
-    need(np.isfinite(m["epsilon"]) and m["epsilon"] > 0 and np.isfinite(m["sigma"]) and m["sigma"] >= 0,
-         "epsilon/sigma")
-
-
-def _rebuild_backbone(path, config, arrays, module):
-    spec = config["backbone"]
-    weights = backbone_weights(arrays)
-    source = f"'{path}'"
-    if spec.get("kind") == "torchvision":
-        if module is not None:
-            raise ValueError(
-                f"'{path}' holds a torchvision {spec.get('name')!r} backbone; it is rebuilt "
-                "from the file, so do not pass backbone= to load."
-            )
-        return spec["name"], torchvision_backbone(spec["name"], weights, source)
-    if spec.get("kind") != "module":
-        raise _refuse(path, f"unknown backbone kind {spec.get('kind')!r}.")
-    if not isinstance(module, nn.Module):
-        raise ValueError(
-            f"'{path}' was fitted with a custom backbone module ({spec.get('class')}). Its "
-            "code is not in the file (loading never runs code from a file), so pass an "
-            "instance of that class: PadimDetector.load(path, backbone=module); the saved "
-            f"weights are loaded into a copy of it. Got backbone={module!r}."
-        )
-    model = copy.deepcopy(module)
-    try:
-        load_weights(model, weights, strict=True, source=source)
-    except ValueError as exc:
-        raise ValueError(
-            f"{exc} The module passed as backbone= ({type(module).__name__}) is not the "
-            f"architecture this detector was fitted with ({spec.get('class')})."
-        ) from None
-    return module, model
-
-
 def load(cls, path, backbone=None):
-    """Read a detector written by :func:`save` (see the module docstring)."""
+    """Read a detector written by :func:`save`: ``(estimator, state)``."""
     path = os.fspath(path)
     config, arrays = _read_verified(path)
+    source = f"'{path}'"
     try:
-        _check_consistent(path, config, arrays)
+        if set(config) != _CONFIG_KEYS:
+            odd = sorted(set(config) ^ _CONFIG_KEYS)
+            raise _refuse(path, f"config.json has unexpected or missing keys {odd}.")
         defaults = cls().get_params(deep=False)
         params = {k: _from_json(v) for k, v in config["params"].items()}
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             raise _refuse(path, f"unknown parameters {unknown} (written by a newer skpadim?).")
-        name, model = _rebuild_backbone(path, config, arrays, backbone)
-        est = cls(**{**params, "backbone": name})
-        device = load_device(config["state"]["device_"], est.device)
-        state = import_state(arrays, config["state"], model, device)
-        frozen = _from_json(config["frozen"])
-        state["_frozen"] = {**frozen, "backbone": name}
-        rng = config.get("rng")
-        if rng is not None:
-            r = np.random.RandomState()
-            r.set_state((rng["kind"], arrays["rng.keys"], rng["pos"], rng["has_gauss"], rng["gauss"]))
-            state["_rng"] = r
-        for k, v in config.get("extra", {}).items():
-            state[k] = _from_json(v)
-        for k, v in arrays.items():
-            if k.startswith("extra."):
-                state[k[len("extra."):]] = v
+        if "backbone" in params and backbone is not None:
+            raise ValueError(
+                f"{source} holds a torchvision {params['backbone']!r} backbone; it is rebuilt "
+                "from the file, so do not pass backbone= to load."
+            )
+        est = cls(**{**params, **({} if backbone is None else {"backbone": backbone})})
+        device = load_device(config["state"]["spec"]["device"], est.device)
+        state = FittedState.from_arrays(arrays, config["state"], device=device, module=backbone, source=source)
+        if state.precision is None:
+            raise _refuse(path, "it holds no fitted statistics.")
+    except InconsistentState as exc:
+        raise _refuse(path, f"inconsistent contents: {exc.detail}.") from None
     except ValueError as exc:
-        if f"'{path}'" in str(exc):
+        if source in str(exc):
             raise
         raise _refuse(path, str(exc)) from None
     except (KeyError, TypeError, IndexError, RuntimeError, AttributeError) as exc:
         raise _refuse(path, f"inconsistent contents ({type(exc).__name__}: {exc}).") from None
-    vars(est).update(state)
-    return est
+    return est, state

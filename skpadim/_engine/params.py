@@ -1,18 +1,28 @@
-"""Validation of PadimDetector's constructor parameters (run at fit time)."""
+"""PadimDetector's parameters: constraints (checked at every call) and their meaning.
+
+:data:`CONSTRAINTS` is the estimator's ``_parameter_constraints``: the types
+and ranges that scikit-learn's validation checks at the start of every
+public method, with messages such as "The 'batch_size' parameter of
+PadimDetector must be an int in the range [1, inf). Got 0 instead.". What
+needs more than the value itself (a backbone name torchvision knows, a
+device this machine has, layers the backbone contains) is checked when
+fitting starts, with messages in the same style.
+"""
 
 import numbers
+import os
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import (
+    HasMethods,
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from torch import nn
 
 from .backbone import IMAGENET_MEAN, IMAGENET_STD
-
-
-def _fail(name, expected, value):
-    return ValueError(
-        f"The {name!r} parameter of PadimDetector must be {expected}. Got {value!r} instead."
-    )
 
 
 def _is_int(x):
@@ -20,38 +30,132 @@ def _is_int(x):
 
 
 def _is_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and np.isfinite(x)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+class _Ints(Interval):
+    """An Interval of ints that refuses bools (True is not a batch size)."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool) and super().is_satisfied_by(val)
+
+
+class _Reals(Interval):
+    """An Interval of finite reals that refuses bools."""
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool) and super().is_satisfied_by(val)
+
+
+class _Check(HasMethods):
+    """A constraint given by a predicate and the words that describe it.
+
+    (A subclass of HasMethods because scikit-learn's validation takes its own
+    constraint classes only.)
+    """
+
+    def __init__(self, predicate, description):
+        super().__init__([])
+        self.predicate = predicate
+        self.description = description
+
+    def is_satisfied_by(self, val):
+        try:
+            return bool(self.predicate(val))
+        except Exception:  # an odd object: not satisfied
+            return False
+
+    def __str__(self):
+        return self.description
+
+
+def _layer_names(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) and x for x in v)
+
+
+def _weights(v):
+    from torchvision.models import WeightsEnum
+
+    return isinstance(v, (str, os.PathLike, WeightsEnum))
+
+
+def _size_pair(v):
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(x) and x >= 1 for x in v)
+
+
+def _norm_pair(v):
+    return normalization(v) is not None
+
+
+def _device(v):
+    if isinstance(v, torch.device):
+        return v.type in ("cpu", "cuda", "mps")
+    if not isinstance(v, str):
+        return False
+    return v == "auto" or torch.device(v).type in ("cpu", "cuda", "mps")
+
+
+CONSTRAINTS = {
+    "backbone": [_Check(lambda v: isinstance(v, (str, nn.Module)), "a torchvision model name or a torch.nn.Module")],
+    "layers": [None, _Check(_layer_names, "a non-empty list of module names")],
+    "weights": [None, _Check(_weights, "'DEFAULT', a weights enum member or name, or a state_dict path")],
+    "n_features": [None, _Ints(numbers.Integral, 1, None, closed="left")],
+    "image_size": [
+        _Ints(numbers.Integral, 1, None, closed="left"),
+        _Check(_size_pair, "a (height, width) pair of positive ints"),
+    ],
+    "epsilon": [_Reals(numbers.Real, 0, np.inf, closed="neither")],
+    "sigma": [_Reals(numbers.Real, 0, np.inf, closed="left")],
+    "contamination": [StrOptions({"auto"}), _Reals(numbers.Real, 0, 0.5, closed="right")],
+    "normalize": [
+        StrOptions({"imagenet"}),
+        None,
+        _Check(_norm_pair, "a (mean, std) pair of 3 finite floats each, std > 0"),
+    ],
+    "batch_size": [_Ints(numbers.Integral, 1, None, closed="left")],
+    "device": [_Check(_device, "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device")],
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+}
+
+
+def validated(est):
+    """``est``'s parameters, checked against :data:`CONSTRAINTS` (InvalidParameterError)."""
+    params = est.get_params(deep=False)
+    validate_parameter_constraints(CONSTRAINTS, params, caller_name=type(est).__name__)
+    return params
+
+
+def check_contamination(value, caller):
+    validate_parameter_constraints(
+        {"contamination": CONSTRAINTS["contamination"]}, {"contamination": value}, caller_name=caller
+    )
 
 
 def image_size_pair(value):
-    if _is_int(value) and value >= 1:
-        return (int(value), int(value))
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
-        return (int(value[0]), int(value[1]))
-    raise _fail("image_size", "a positive int or a (height, width) pair of positive ints", value)
+    """(height, width) of a valid ``image_size``."""
+    return (int(value), int(value)) if _is_int(value) else (int(value[0]), int(value[1]))
 
 
 def normalization(value):
-    """Return (mean, std) tuples, or None for no normalization."""
+    """(mean, std) tuples of floats for a valid ``normalize``; None for none (or invalid)."""
     if value is None:
         return None
     if isinstance(value, str):
-        if value == "imagenet":
-            return IMAGENET_MEAN, IMAGENET_STD
-        raise _fail("normalize", "'imagenet', None or a (mean, std) pair of 3 floats each", value)
+        return (IMAGENET_MEAN, IMAGENET_STD) if value == "imagenet" else None
     try:
         mean, std = value
         mean = tuple(float(v) for v in mean)
         std = tuple(float(v) for v in std)
     except (TypeError, ValueError):
-        raise _fail("normalize", "'imagenet', None or a (mean, std) pair of 3 floats each", value) from None
+        return None
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or not np.all(np.isfinite(mean + std)):
-        raise _fail("normalize", "a (mean, std) pair of 3 finite floats each, std > 0", value)
+        return None
     return mean, std
 
 
 def resolve_device(value):
-    """'auto' -> cuda, then mps, then cpu; otherwise check that ``value`` exists."""
+    """'auto' -> cuda, then mps, then cpu; otherwise check that ``value`` exists here."""
     if isinstance(value, str) and value == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -59,10 +163,7 @@ def resolve_device(value):
         if mps is not None and mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(value)
-    except (RuntimeError, TypeError):
-        raise _fail("device", "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device", value) from None
+    device = torch.device(value)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -81,38 +182,40 @@ def resolve_device(value):
                 f"The 'device' parameter of PadimDetector is {value!r}, but MPS is not "
                 "available on this machine. Use device='cpu' or 'auto'."
             )
-    elif device.type != "cpu":
-        raise _fail("device", "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'", value)
     return device
 
 
-def validate(est):
-    """Check every parameter of ``est``; raise ValueError naming the first bad one."""
-    if not isinstance(est.backbone, (str, nn.Module)):
-        raise _fail("backbone", "a torchvision model name or a torch.nn.Module", est.backbone)
-    layers = est.layers
-    if layers is not None:
-        if isinstance(layers, str) or not all(isinstance(x, str) for x in layers) or len(layers) == 0:
-            raise _fail("layers", "None or a non-empty list of module names", layers)
-    elif isinstance(est.backbone, nn.Module):
+def check_custom_module_layers(est):
+    if isinstance(est.backbone, nn.Module) and est.layers is None:
         raise ValueError(
             "The 'layers' parameter of PadimDetector is required for a custom module "
             "backbone: pass the names of its feature layers, e.g. layers=['layer1', "
             "'layer2', 'layer3'] (see [n for n, _ in module.named_modules()])."
         )
-    if est.n_features is not None and not (_is_int(est.n_features) and est.n_features >= 1):
-        raise _fail("n_features", "None or an int >= 1", est.n_features)
-    image_size_pair(est.image_size)
-    if not (_is_real(est.epsilon) and est.epsilon > 0):
-        raise _fail("epsilon", "a finite float > 0", est.epsilon)
-    if not (_is_real(est.sigma) and est.sigma >= 0):
-        raise _fail("sigma", "a finite float >= 0 (0 disables smoothing)", est.sigma)
-    c = est.contamination
-    if not (isinstance(c, str) and c == "auto") and not (_is_real(c) and 0 < c <= 0.5):
-        raise _fail("contamination", "'auto' or a float in (0, 0.5]", c)
-    normalization(est.normalize)
-    if not (_is_int(est.batch_size) and est.batch_size >= 1):
-        raise _fail("batch_size", "an int >= 1", est.batch_size)
-    resolve_device(est.device)
-    if not isinstance(est.verbose, (bool, numbers.Integral)):
-        raise _fail("verbose", "a bool", est.verbose)
+
+
+def _weights_key(value):
+    from torchvision.models import WeightsEnum
+
+    if isinstance(value, WeightsEnum):
+        return f"{type(value).__name__}.{value.name}"
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def embedding_params(est):
+    """The parameters that define the embedding, in a JSON form that compares by value.
+
+    A custom module is represented by its class: ``partial_fit`` after
+    pickling or loading gets a new (equal) instance.
+    """
+    b = est.backbone
+    backbone = b if isinstance(b, str) else f"module:{type(b).__module__}.{type(b).__qualname__}"
+    norm = normalization(est.normalize)
+    return {
+        "backbone": backbone,
+        "layers": None if est.layers is None else list(est.layers),
+        "weights": _weights_key(est.weights),
+        "n_features": None if est.n_features is None else int(est.n_features),
+        "image_size": list(image_size_pair(est.image_size)),
+        "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
+    }

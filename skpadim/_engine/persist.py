@@ -1,29 +1,18 @@
-"""Persistence of fitted detectors: shared by pickling and the safe format.
+"""Array forms of what a fitted state holds: symmetric matrices, backbones, devices.
 
-:func:`export_state` turns a fitted detector's ``__dict__`` into plain numpy
-arrays plus JSON-representable metadata, and :func:`import_state` rebuilds
-the fitted attributes from them. Pickling (:func:`slim_state` /
-:func:`restore_state`, used by ``__getstate__``/``__setstate__``) and the
-pickle-free format of :mod:`skpadim._safe_io` both go through this pair.
+Helpers of :meth:`FittedState.to_arrays <skpadim._engine.state.FittedState.to_arrays>`
+and :meth:`~skpadim._engine.state.FittedState.from_arrays`, the one path by
+which pickling, ``copy.deepcopy``, :meth:`PadimDetector.save` and
+:meth:`PadimDetector.load` store and rebuild a fitted detector.
 
-What is saved of a fitted detector:
-
-* the running statistics, with the (symmetric) sum of outer products packed
-  as its upper triangle; ``mean_`` and ``precision_`` are recomputed from
-  them on load (float64 Cholesky, deterministic), so the file holds one
-  d x d triangle per position instead of two full matrices;
-* for a torchvision backbone, its name and only the weights of the modules
-  that run up to the last tapped layer (no download is needed to load);
-  a custom module is pickled whole with its class by pickling, and saved as
-  its weights only by the safe format;
-* no calibration sample: a ``partial_fit`` after loading calibrates the
-  threshold on the new images only.
-
-Loading a detector fitted on a GPU on a machine without one falls back to the
-CPU with a warning.
+* Symmetric (P, d, d) matrices are stored as their packed upper triangles.
+* A backbone is stored as its weights (the modules after the last tapped
+  layer were removed at fit, so every weight is used). A torchvision model
+  is rebuilt from its name (checked against torchvision's list; no download);
+  a custom module cannot be rebuilt without running code, so the caller
+  provides an instance of its class, and a copy of it receives the weights.
 """
 
-import contextlib
 import copy
 import warnings
 
@@ -31,67 +20,32 @@ import numpy as np
 import torch
 
 from . import params as _params
-from .calibration import Reservoir
-from .embedding import PatchEmbedding
-from .taps import LayerTaps
-from .gaussian import GaussianStats
+from .taps import truncate
 
-# Rebuilt on load from the exported state.
-_DERIVED = ("_taps", "_embedding", "_cache", "_reservoir", "mean_", "precision_", "backbone_")
-# Exported by export_state (arrays or metadata).
-EXPORTED = (
-    "_stats", "device_", "feature_index_", "layers_", "feature_map_shape_", "n_samples_seen_",
-    "offset_", "n_channels_in_", "_shapes", "_used_keys", "_image_size", "_norm", "_epsilon",
-    "_sigma", "_calibration",
-) + _DERIVED
 BACKBONE_PREFIX = "backbone."
 
 
-@contextlib.contextmanager
-def modules_run(model):
-    """Record, into the yielded set, the names of ``model``'s modules that run."""
-    ran = set()
-    names = {id(m): n for n, m in model.named_modules()}
-    handles = [
-        m.register_forward_pre_hook(lambda mod, args: ran.add(names[id(mod)]))
-        for m in model.modules()
-    ]
-    try:
-        yield ran
-    finally:
-        for h in handles:
-            h.remove()
+def pack(matrices):
+    """(P, d, d) tensor -> (P, d (d + 1) / 2) numpy array of its upper triangles."""
+    d = matrices.shape[-1]
+    iu = torch.triu_indices(d, d, device=matrices.device)
+    return matrices[:, iu[0], iu[1]].cpu().numpy()
 
 
-def used_state_keys(model, ran):
-    """State-dict keys of the modules named in ``ran`` (see :func:`modules_run`)."""
-    return [k for k in model.state_dict() if (k.rpartition(".")[0]) in ran]
-
-
-def _pack(outer):
-    d = outer.shape[-1]
-    iu = torch.triu_indices(d, d)
-    return outer[:, iu[0], iu[1]].cpu().numpy()
-
-
-def _unpack(packed, d):
+def unpack(packed, d):
+    """Inverse of :func:`pack`: a symmetric (P, d, d) tensor."""
     iu = torch.triu_indices(d, d)
     p = torch.from_numpy(np.ascontiguousarray(packed))
-    out = torch.zeros(p.shape[0], d, d, dtype=p.dtype)
-    out[:, iu[0], iu[1]] = p
+    out = torch.empty(p.shape[0], d, d, dtype=p.dtype)
     out[:, iu[1], iu[0]] = p
+    out[:, iu[0], iu[1]] = p
     return out
 
 
-def _pair(x):
-    return None if x is None else tuple(x)
-
-
-def _weights(model, keys):
-    sd = model.state_dict()
+def model_weights(model):
+    """The state_dict of ``model`` as numpy arrays named ``"backbone.<key>"``."""
     out = {}
-    for k in keys:
-        v = sd[k]
+    for k, v in model.state_dict().items():
         if not torch.is_tensor(v) or v.dtype in (torch.bfloat16,) or v.is_complex():
             desc = v.dtype if torch.is_tensor(v) else type(v).__name__
             raise ValueError(
@@ -102,58 +56,14 @@ def _weights(model, keys):
     return out
 
 
-def export_state(state, *, module_weights=False):
-    """Split a fitted detector's ``__dict__`` into ``(arrays, meta)``.
-
-    ``arrays`` maps names to numeric numpy arrays; ``meta`` holds ints,
-    floats, strings, lists and None only (JSON-representable). Backbone
-    weights are arrays named ``"backbone.<key>"``: the used keys for a
-    torchvision name, every key of a custom module when ``module_weights``.
-    Constructor parameters and ``_frozen``/``_rng`` are not included.
-    """
-    stats = state["_stats"]
-    arrays = {
-        "stats.shift": stats.shift.cpu().numpy(),
-        "stats.total": stats.total.cpu().numpy(),
-        "stats.outer_upper": _pack(stats.outer),
-        "feature_index_": np.asarray(state["feature_index_"]),
-        "calibration": np.asarray(state["_calibration"], dtype=np.float64),
-    }
-    model = state["backbone_"]
-    if isinstance(state["backbone"], str):
-        arrays.update(_weights(model, state["_used_keys"]))
-    elif module_weights:
-        arrays.update(_weights(model, list(model.state_dict())))
-    norm = state["_norm"]
-    meta = {
-        "n": int(stats.n),
-        "layers_": list(state["layers_"]),
-        "feature_map_shape_": [int(v) for v in state["feature_map_shape_"]],
-        "n_samples_seen_": int(state["n_samples_seen_"]),
-        "offset_": float(state["offset_"]),
-        "n_channels_in_": None if state["n_channels_in_"] is None else int(state["n_channels_in_"]),
-        "device_": str(state["device_"]),
-        "shapes": [[int(v) for v in s] for s in state["_shapes"]],
-        "used_keys": None if state["_used_keys"] is None else list(state["_used_keys"]),
-        "image_size": [int(v) for v in state["_image_size"]],
-        "norm": None if norm is None else [list(map(float, norm[0])), list(map(float, norm[1]))],
-        "epsilon": float(state["_epsilon"]),
-        "sigma": float(state["_sigma"]),
-    }
-    return arrays, meta
-
-
 def backbone_weights(arrays):
     """The ``"backbone.<key>"`` arrays of ``arrays`` as a state_dict of tensors."""
     n = len(BACKBONE_PREFIX)
     return {k[n:]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(BACKBONE_PREFIX)}
 
 
-def load_weights(model, weights, *, strict, source):
-    """Copy ``weights`` into ``model``; ValueError naming ``source`` on any mismatch.
-
-    Without ``strict``, ``weights`` may hold a subset of the model's keys.
-    """
+def load_weights(model, weights, *, source):
+    """Copy ``weights`` into ``model`` (every key, same shapes); ValueError naming ``source``."""
     sd = model.state_dict()
     problems = [f"unexpected key {k!r}" for k in weights if k not in sd]
     problems += [
@@ -161,112 +71,69 @@ def load_weights(model, weights, *, strict, source):
         for k, v in weights.items()
         if k in sd and tuple(v.shape) != tuple(sd[k].shape)
     ]
-    if strict:
-        problems += [f"missing key {k!r}" for k in sd if k not in weights]
+    problems += [f"missing key {k!r}" for k in sd if k not in weights]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError(
             f"The backbone weights in {source} do not match the backbone: "
             f"{'; '.join(problems[:3])}{more}."
         )
-    model.load_state_dict(weights, strict=False)
+    model.load_state_dict(weights, strict=True)
     return model
 
 
-def torchvision_backbone(name, weights, source):
-    """Rebuild torchvision model ``name`` (checked against torchvision's list) with ``weights``."""
-    import torchvision
+def rebuild_backbone(spec, weights, module, source):
+    """The fitted backbone: architecture from ``spec`` (or ``module``), weights from ``weights``.
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(
-            f"{source} names the backbone {name!r}, which is not a torchvision "
-            "classification model here (torchvision.models.list_models(module="
-            "torchvision.models)); a newer torchvision may be needed."
-        )
-    with torch.random.fork_rng(devices=[]):  # overwritten below; leave torch's RNG alone
-        torch.manual_seed(0)
-        model = torchvision.models.get_model(name, weights=None)
-    return load_weights(model, weights, strict=False, source=source)
-
-
-def import_state(arrays, meta, model, device):
-    """Inverse of :func:`export_state`: the fitted attributes, as a dict.
-
-    ``model`` is the backbone module, already holding its weights.
+    ``spec["backbone"]`` is a torchvision name or ``"module:<class>"``;
+    ``spec["removed"]`` lists the modules removed after the last tapped layer.
     """
-    model = model.eval().requires_grad_(False).to(device)
-    d = arrays["stats.shift"].shape[1]
-    stats = GaussianStats(
-        meta["n"],
-        torch.from_numpy(arrays["stats.shift"]),
-        torch.from_numpy(arrays["stats.total"]),
-        _unpack(arrays["stats.outer_upper"], d),
-    )
-    layers = tuple(meta["layers_"])
-    shapes = [tuple(s) for s in meta["shapes"]]
-    feature_index = arrays["feature_index_"]
-    norm = meta["norm"]
-    return {
-        "_stats": stats.to(device if device.type != "mps" else torch.device("cpu")),
-        "backbone_": model,
-        "device_": device,
-        "_taps": LayerTaps(model, layers),
-        "_embedding": PatchEmbedding(shapes, feature_index, device),
-        "_reservoir": Reservoir(),
-        "_cache": None,
-        "mean_": stats.mean().numpy(),
-        "precision_": stats.precision(meta["epsilon"]).numpy(),
-        "feature_index_": feature_index,
-        "layers_": layers,
-        "feature_map_shape_": tuple(meta["feature_map_shape_"]),
-        "n_samples_seen_": meta["n_samples_seen_"],
-        "offset_": meta["offset_"],
-        "n_channels_in_": meta["n_channels_in_"],
-        "_shapes": shapes,
-        "_used_keys": None if meta["used_keys"] is None else list(meta["used_keys"]),
-        "_image_size": tuple(meta["image_size"]),
-        "_norm": None if norm is None else (tuple(norm[0]), tuple(norm[1])),
-        "_epsilon": meta["epsilon"],
-        "_sigma": meta["sigma"],
-        "_calibration": arrays["calibration"],
-    }
+    name = spec["backbone"]
+    last = spec["layers"][-1]
+    if not name.startswith("module:"):
+        if module is not None:
+            raise ValueError(
+                f"{source} holds a torchvision {name!r} backbone; it is rebuilt from the "
+                "file, so do not pass backbone= to load."
+            )
+        import torchvision
+
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise ValueError(
+                f"{source} names the backbone {name!r}, which is not a torchvision "
+                "classification model here (torchvision.models.list_models(module="
+                "torchvision.models)); a newer torchvision may be needed."
+            )
+        with torch.random.fork_rng(devices=[]):  # overwritten below; leave torch's RNG alone
+            torch.manual_seed(0)
+            model = torchvision.models.get_model(name, weights=None)
+        return load_weights(truncate(model, spec["removed"], last), weights, source=source)
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(
+            f"{source} was fitted with a custom backbone module ({name[len('module:'):]}). Its "
+            "code is not in the file (loading never runs code from a file), so pass an "
+            "instance of that class: PadimDetector.load(path, backbone=module); the saved "
+            f"weights are loaded into a copy of it. Got backbone={module!r}."
+        )
+    model = copy.deepcopy(module)
+    try:
+        load_weights(truncate(model, spec["removed"], last), weights, source=source)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc} The module passed as backbone ({type(module).__name__}) is not the "
+            f"architecture this detector was fitted with ({name[len('module:'):]})."
+        ) from None
+    return model
 
 
 def load_device(saved, param):
     """The device for a loaded detector: ``param`` resolved, or the CPU with a warning."""
     try:
         return _params.resolve_device(param)
-    except ValueError:
+    except (ValueError, RuntimeError, TypeError):
         warnings.warn(
             f"This detector was fitted on {saved!r}, which is not available here; "
             "using the CPU. Set device='cpu' to silence this warning.",
             stacklevel=4,
         )
         return torch.device("cpu")
-
-
-def slim_state(state):
-    """Turn ``__dict__`` of a fitted detector into a compact picklable dict."""
-    if "_stats" not in state:
-        return state
-    arrays, meta = export_state(state)
-    out = {k: v for k, v in state.items() if k not in EXPORTED}
-    out["_exported"] = {"arrays": arrays, "meta": meta}
-    if not isinstance(state["backbone"], str):
-        out["_backbone_module"] = copy.deepcopy(state["backbone_"]).cpu()
-    return out
-
-
-def restore_state(state, est):
-    """Inverse of :func:`slim_state`: rebuild modules, statistics and fitted arrays."""
-    if "_exported" not in state:
-        return state
-    state = dict(state)
-    exported = state.pop("_exported")
-    arrays, meta = exported["arrays"], exported["meta"]
-    model = state.pop("_backbone_module", None)
-    device = load_device(meta["device_"], state["device"])
-    if model is None:
-        model = torchvision_backbone(state["backbone"], backbone_weights(arrays), "the pickle")
-    state.update(import_state(arrays, meta, model, device))
-    return state

@@ -2,19 +2,45 @@
 
 :class:`LayerTaps` runs a backbone and returns the outputs of named
 submodules, stopping the forward pass as soon as the last of them is computed
-(the layers after it are never run). :func:`probe_shapes` gives each tapped
-layer's feature-map shape for one image size; :func:`auto_layers` picks
-PaDiM's three scales in a backbone that has no preset.
+(the layers after it are never run). Its hooks stay registered on the module
+and write into storage private to the calling thread, so one module serves
+several threads at once. :func:`truncate` removes the modules that never run
+before the last tapped layer (their weights would be unused, and random for
+a torchvision model rebuilt from a file). :func:`probe_shapes` gives each
+tapped layer's feature-map shape for one image size; :func:`auto_layers`
+picks PaDiM's three scales in a backbone that has no preset.
 """
 
+import contextlib
 import difflib
+import functools
+import threading
+import uuid
+import weakref
 
 import numpy as np
 import torch
+from torch import nn
 
 
 class _StopForward(Exception):
     """Raised inside a hook once every requested layer has been computed."""
+
+
+# Per thread: the outputs being collected by each LayerTaps call in progress.
+_ACTIVE = threading.local()
+# The LayerTaps alive in this process, by token (hooks of dead ones are removed).
+_LIVE = weakref.WeakValueDictionary()
+
+
+def _record(token, name, wanted, module, args, output):
+    """Forward hook (a module-level function, so that the module stays picklable)."""
+    out = getattr(_ACTIVE, "calls", {}).get(token)
+    if out is None:  # the module is run outside a LayerTaps call
+        return
+    out[name] = output
+    if len(out) == wanted:
+        raise _StopForward
 
 
 def _layer_error(layers, names, missing):
@@ -27,8 +53,20 @@ def _layer_error(layers, names, missing):
     )
 
 
+def _remove_stale_hooks(model):
+    """Drop the hooks of LayerTaps that no longer exist (or came with an unpickled module)."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            if isinstance(hook, functools.partial) and hook.func is _record and hook.args[0] not in _LIVE:
+                del module._forward_hooks[key]
+
+
 class LayerTaps:
-    """Call ``model`` and collect the outputs of the modules named ``layers``."""
+    """Call ``model`` and collect the outputs of the modules named ``layers``.
+
+    Thread-safe: concurrent calls from several threads each get their own
+    outputs (the hooks look up the calling thread's collection).
+    """
 
     def __init__(self, model, layers):
         modules = dict(model.named_modules())
@@ -40,28 +78,25 @@ class LayerTaps:
             raise ValueError(f"The 'layers' parameter has duplicates: {list(layers)!r}.")
         self.model = model
         self.layers = tuple(layers)
-        self._modules = [modules[n] for n in layers]
+        self._token = uuid.uuid4().hex  # unique across processes (hooks can be pickled)
+        _remove_stale_hooks(model)
+        _LIVE[self._token] = self
+        for name in self.layers:
+            modules[name].register_forward_hook(
+                functools.partial(_record, self._token, name, len(self.layers))
+            )
 
     def __call__(self, x):
-        out = {}
-        wanted = len(self.layers)
-
-        def make_hook(name):
-            def hook(module, args, output):
-                out[name] = output
-                if len(out) == wanted:
-                    raise _StopForward
-
-            return hook
-
-        handles = [m.register_forward_hook(make_hook(n)) for n, m in zip(self.layers, self._modules)]
+        calls = getattr(_ACTIVE, "calls", None)
+        if calls is None:
+            calls = _ACTIVE.calls = {}
+        out = calls[self._token] = {}
         try:
             self.model(x)
         except _StopForward:
             pass
         finally:
-            for h in handles:
-                h.remove()
+            del calls[self._token]
         missing = [n for n in self.layers if n not in out]
         if missing:
             raise ValueError(
@@ -77,6 +112,73 @@ class LayerTaps:
                     "(batch, channels, height, width). Choose convolutional layers."
                 )
         return feats
+
+
+class Removed(nn.Module):
+    """Stands in for a module that PaDiM never runs (it follows the last tapped layer)."""
+
+    def __init__(self, name="", last_layer=""):
+        super().__init__()
+        self.name = name
+        self.last_layer = last_layer
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError(
+            f"The module {self.name!r} of this backbone was removed: the detector keeps only "
+            f"the modules that run up to its last tapped layer {self.last_layer!r}. Tap its "
+            "layers with forward hooks, or build the full model again to run it."
+        )
+
+    def extra_repr(self):
+        return f"{self.name!r}"
+
+
+@contextlib.contextmanager
+def modules_run(model):
+    """Record, into the yielded set, the names of ``model``'s modules that run."""
+    ran = set()
+    names = {id(m): n for n, m in model.named_modules()}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args: ran.add(names[id(mod)]))
+        for m in model.modules()
+    ]
+    try:
+        yield ran
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def unused_modules(model, ran):
+    """Names of the outermost modules of ``model`` of which no part is in ``ran``.
+
+    A container that is only iterated (a ModuleList) never runs itself; it is
+    used when one of its submodules runs.
+    """
+    used = {""}
+    for name in ran:
+        parts = name.split(".")
+        used.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    out = []
+    for name, _ in model.named_modules():
+        if name and name not in used and name.rpartition(".")[0] in used:
+            out.append(name)
+    return out
+
+
+def truncate(model, names, last_layer):
+    """Replace the modules ``names`` of ``model`` by :class:`Removed` (in place).
+
+    Names that ``model`` does not have are skipped: what follows the last
+    tapped layer does not matter.
+    """
+    modules = dict(model.named_modules())
+    for name in names:
+        if name not in modules:
+            continue
+        parent, _, child = name.rpartition(".")
+        modules[parent]._modules[child] = Removed(name, last_layer)
+    return model
 
 
 def probe_shapes(taps, image_size, device):

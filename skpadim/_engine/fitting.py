@@ -1,0 +1,167 @@
+"""Fitting: the embedding chosen at the first call, then images streamed into new states.
+
+:func:`start` resolves the backbone, its layers and the channel subset, and
+returns an empty :class:`~skpadim._engine.state.FittedState`. :func:`extend`
+is one fit call, a transaction: the new images go into fresh statistics and
+copies of the calibration sample and of the random generator; the current
+statistics are merged into the fresh ones (never the reverse); the result
+is a new state, and the one passed in is left exactly as it was, whether
+the call succeeds, fails or is interrupted.
+"""
+
+import contextlib
+import copy
+import functools
+import threading
+
+import numpy as np
+import torch
+from sklearn.utils import check_random_state
+
+from .. import _labels
+from . import params as _params
+from .backbone import build_backbone, default_layers, default_n_features
+from .embedding import random_feature_index
+from .images import check_images
+from .gaussian import BufferedUpdate
+from .memory import OutOfMemoryHint, check_fit_memory
+from .progress import stage
+from .state import FittedState, check_channels, stats_device
+from .taps import LayerTaps, auto_layers, modules_run, probe_shapes, truncate, unused_modules
+
+
+_lock_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_call_at_a_time(est):
+    """Hold ``est``'s fit lock for the call; RuntimeError if another thread holds it."""
+    lock = est.__dict__.get("_fit_lock")
+    if lock is None:
+        with _lock_guard:
+            lock = est.__dict__.setdefault("_fit_lock", threading.Lock())
+    if not lock.acquire(blocking=False):
+        raise RuntimeError(
+            "fit or partial_fit is already running on this PadimDetector in another "
+            "thread; calls that add images must run one at a time (predictions may run "
+            "alongside them)."
+        )
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def fit_call(state, params, X, y):
+    """The new state of one fit call: ``state`` (None: a first call) plus the images of X."""
+    if state is not None:
+        check_frozen(state, params)
+    images = check_images(X)
+    if y is not None:
+        images = normal_only(images, y)
+    if state is None:
+        state = start(params, images)
+    else:
+        check_channels(state, images)
+    return extend(state, images, params)
+
+
+def normal_only(images, y):
+    is_anomaly = _labels.anomaly_labels(y)
+    if len(is_anomaly) != len(images):
+        raise ValueError(f"y has {len(is_anomaly)} labels but X has {len(images)} images.")
+    keep = np.flatnonzero(~is_anomaly)
+    if len(keep) == 0:
+        raise ValueError(
+            "y marks every image as anomalous; PaDiM is fitted on normal images "
+            "(label 0, or +1 in the -1/+1 convention)."
+        )
+    return images.subset(keep)
+
+
+def start(est, images):
+    """An empty state for ``est``'s parameters (already validated) and first images."""
+    _params.check_custom_module_layers(est)
+    device = _params.resolve_device(est.device)
+    rng = check_random_state(est.random_state)
+    model, _ = build_backbone(est.backbone, est.weights, seed=rng.randint(2**31 - 1))
+    model = model.eval().requires_grad_(False).to(device)
+    size = _params.image_size_pair(est.image_size)
+    layers = est.layers if est.layers is not None else default_layers(est.backbone)
+    if layers is None:
+        layers = auto_layers(model, device)
+    taps = LayerTaps(model, layers)
+    with modules_run(model) as ran:  # one probe gives the shapes and the modules that run
+        shapes = probe_shapes(taps, size, device)
+    total = sum(c for c, _, _ in shapes)
+    n_features = est.n_features or default_n_features(est.backbone) or total
+    if n_features > total:
+        raise ValueError(
+            f"The 'n_features' parameter of PadimDetector is {n_features}, but layers "
+            f"{list(layers)!r} have only {total} channels; use at most {total}."
+        )
+    index = random_feature_index(total, n_features, rng)
+    removed = unused_modules(model, ran)
+    truncate(model, removed, layers[-1])
+    params = _params.embedding_params(est)
+    norm = _params.normalization(est.normalize)
+    spec = {
+        "backbone": params["backbone"],
+        "layers": list(layers),
+        "shapes": [[int(v) for v in s] for s in shapes],
+        "removed": removed,
+        "image_size": list(size),
+        "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
+        "n_channels": images.n_channels,
+        "device": str(device),
+        "params": params,
+    }
+    sampler = np.random.default_rng(rng.randint(2**31 - 1))  # draws the calibration keys
+    return FittedState.empty(spec, index, model, device, sampler, taps)
+
+
+def check_frozen(state, est):
+    """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
+    old, new = state.spec["params"], _params.embedding_params(est)
+    for name in old:
+        if old[name] != new[name]:
+            raise ValueError(
+                f"The {name!r} parameter changed from {old[name]!r} to {new[name]!r} since "
+                "the first partial_fit call; it defines the embedding, so call fit to start "
+                "over with the new value."
+            )
+
+
+def extend(state, images, est):
+    """A new state: ``state`` plus ``images``, finalized with ``est``'s parameters."""
+    P, d = state.shape
+    device = state.embedder.device
+    check_fit_memory(P, d, state.embedder.kept_item_bytes(), stats_device(device),
+                     held_bytes=state.nbytes())
+    hint = OutOfMemoryHint(device, est.batch_size, est.image_size, d)
+    stats = state.new_stats()
+    sample = state.sample.copy()
+    rng = copy.deepcopy(state.rng)
+    seen = state.n
+    take = state.embedder.patches.kept_channels
+    with torch.inference_mode(), hint:
+        updates = BufferedUpdate(stats)
+        for emb, _, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):
+            B = emb.shape[-1]
+            with stage("reservoir"):
+                sample.offer(rng.random(B), seen, functools.partial(take, feats))
+            seen += B
+            with stage("update"):
+                updates.add(emb.to(stats.outer.device))
+        with stage("update"):
+            updates.flush()
+        del updates  # its buffer is not needed for the end-of-fit work
+        with hint.at("end"):
+            with stage("precision"):
+                if state.stats is not None:
+                    stats.combine(state.stats)
+                new = state.replaced(stats, sample, rng)
+                new.fit_gaussians(est.epsilon)
+            with stage("calibration"):
+                new.calibrate(est.sigma, est.contamination)
+    return new

@@ -1,0 +1,53 @@
+"""Prediction: anomaly maps and image scores from one fitted state.
+
+Every function takes the :class:`~skpadim._engine.state.FittedState` to use
+and reads nothing else of the detector, so a call started before a
+``partial_fit`` in another thread ends with the state it started with.
+Nothing here writes to shared memory: the backbone's hooks and the
+embedding buffer are per calling thread, the means and precisions are only
+read.
+"""
+
+import numpy as np
+import torch
+
+from .distances import mahalanobis
+from .images import resize
+from .maps import anomaly_maps
+from .memory import OutOfMemoryHint
+from .progress import stage
+
+
+def iter_maps(state, images, batch_size, *, verbose=False, desc="score"):
+    """Yield ``(maps, sizes)``: (B, *image_size) float tensors and the images' own sizes."""
+    h, w = state.grid
+    hint = OutOfMemoryHint(state.embedder.device, batch_size, state.embedder.image_size, state.shape[1])
+    with torch.inference_mode(), hint:
+        for emb, sizes, _ in state.embedder.batches(images, batch_size, desc=desc, verbose=verbose):
+            with stage("mahalanobis"):
+                dist = mahalanobis(emb, state.device_mean, state.device_precision).reshape(-1, h, w)
+            with stage("maps"):
+                maps = anomaly_maps(dist, state.embedder.image_size, state.sigma)
+            yield maps, sizes
+
+
+def _image_scores(maps):
+    return -maps.amax(dim=(1, 2)).double().cpu().numpy()
+
+
+def score_samples(state, images, batch_size, verbose=False):
+    parts = [_image_scores(m) for m, _ in iter_maps(state, images, batch_size, verbose=verbose)]
+    return np.concatenate(parts)
+
+
+def anomaly_map(state, images, batch_size, verbose=False):
+    """``(maps, scores)``: maps at each image's own size (stacked if all equal), scores."""
+    out, scores = [], []
+    for maps, sizes in iter_maps(state, images, batch_size, verbose=verbose, desc="anomaly_map"):
+        scores.append(_image_scores(maps))
+        for m, size in zip(maps, sizes):
+            m = resize(m[None, None], size)[0, 0] if tuple(m.shape) != size else m
+            out.append(m.cpu().numpy())
+    if len({m.shape for m in out}) == 1:
+        out = np.stack(out)
+    return out, np.concatenate(scores)

@@ -1,0 +1,200 @@
+"""One detector, several threads: exact results, loud failures, no settings changed.
+
+These tests never set the process's torch thread count; they read it.
+"""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+
+import skpadim._engine.parallel as parallel
+from skpadim import PadimDetector
+
+from conftest import SMALL, textured
+
+P = {**SMALL, "batch_size": 2}  # many batches per call: many chances to interleave
+TEST = textured(12, seed=60)
+
+
+@pytest.fixture(scope="module")
+def det():
+    return PadimDetector(**P).fit(textured(30, seed=61))
+
+
+def _in_threads(n, fn):
+    """Run ``fn(i)`` in n threads started together; return results, re-raise errors."""
+    barrier = threading.Barrier(n)
+    results, errors = [None] * n, []
+
+    def run(i):
+        try:
+            barrier.wait()
+            results[i] = fn(i)
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _fresh_thread_count():
+    out = []
+    t = threading.Thread(target=lambda: out.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_four_threads_give_the_serial_results(det):
+    X = [TEST[i::4] for i in range(4)]  # different images in every thread
+    serial = [(det.score_samples(x), det.anomaly_map(x, return_scores=True)) for x in X]
+
+    def work(i):
+        return [(det.score_samples(X[i]), det.anomaly_map(X[i], return_scores=True)) for _ in range(3)]
+
+    for i, rounds in enumerate(_in_threads(4, work)):
+        for scores, (maps, map_scores) in rounds:
+            np.testing.assert_array_equal(scores, serial[i][0])
+            np.testing.assert_array_equal(maps, serial[i][1][0])
+            np.testing.assert_array_equal(map_scores, serial[i][1][1])
+
+
+def _held_in(thread_of, embedder, release, entered):
+    """Make the fit thread wait in the backbone until ``release`` is set."""
+    taps = embedder.taps
+
+    def held(x):
+        if threading.current_thread() is thread_of():
+            entered.set()
+            release.wait(60)
+        return taps(x)
+
+    embedder.taps = held
+    return taps
+
+
+def test_predictions_alongside_partial_fit_use_one_state_or_the_other(det):
+    mine = copy.deepcopy(det)
+    more = textured(40, seed=62)
+    before = mine.score_samples(TEST)
+    after = copy.deepcopy(mine).partial_fit(more).score_samples(TEST)
+    entered, release = threading.Event(), threading.Event()
+    fitter = threading.Thread(target=mine.partial_fit, args=(more,))
+    embedder = mine._state.embedder  # shared by the new state
+    taps = _held_in(lambda: fitter, embedder, release, entered)
+    fitter.start()
+    try:
+        assert entered.wait(60)
+        during = mine.score_samples(TEST)  # while the fit is half-way
+    finally:
+        release.set()
+        fitter.join()
+        embedder.taps = taps
+    np.testing.assert_array_equal(during, before)  # the state it started with
+    np.testing.assert_allclose(mine.score_samples(TEST), after, rtol=1e-6)
+    assert mine.n_samples_seen_ == det.n_samples_seen_ + len(more)
+
+
+def test_two_fit_calls_at_once_fail_loudly(det):
+    mine = copy.deepcopy(det)
+    entered, release = threading.Event(), threading.Event()
+    fitter = threading.Thread(target=mine.partial_fit, args=(TEST,))
+    embedder = mine._state.embedder
+    taps = _held_in(lambda: fitter, embedder, release, entered)
+    fitter.start()
+    try:
+        assert entered.wait(60)
+        for call in (mine.partial_fit, mine.fit):
+            with pytest.raises(RuntimeError, match="already running on this PadimDetector in another thread"):
+                call(TEST)
+    finally:
+        release.set()
+        fitter.join()
+        embedder.taps = taps
+    assert mine.n_samples_seen_ == det.n_samples_seen_ + len(TEST)  # the first call completed
+
+
+def test_predictions_during_a_refit_fail_rather_than_mix(det, monkeypatch):
+    import skpadim._engine.fitting as fitting
+
+    mine = copy.deepcopy(det)
+    entered, release = threading.Event(), threading.Event()
+    start = fitting.start
+
+    def held_start(params, images):
+        entered.set()
+        release.wait(60)
+        return start(params, images)
+
+    monkeypatch.setattr(fitting, "start", held_start)
+    fitter = threading.Thread(target=mine.fit, args=(textured(6, seed=63),))
+    fitter.start()
+    try:
+        assert entered.wait(60)
+        with pytest.raises(NotFittedError):  # fit starts from scratch: no half-old, half-new model
+            mine.score_samples(TEST)
+    finally:
+        release.set()
+        fitter.join()
+    assert mine.n_samples_seen_ == 6
+
+
+def test_torch_thread_settings_are_left_alone(det, monkeypatch):
+    """Neither the caller's count, nor a new thread's default, during or after calls."""
+    monkeypatch.setattr(parallel, "_pool", None)  # workers start during the calls below
+    mine, default = torch.get_num_threads(), _fresh_thread_count()
+    copied = copy.deepcopy(det)
+    during = []
+    taps = copied._state.embedder.taps
+
+    def watching_taps(x):
+        during.append(_fresh_thread_count())
+        return taps(x)
+
+    copied._state.embedder.taps = watching_taps
+    copied.score_samples(TEST)
+    copied.partial_fit(textured(8, seed=64))
+    copied.anomaly_map(TEST)
+    assert torch.get_num_threads() == mine and _fresh_thread_count() == default
+    assert len(during) > 8 and set(during) == {default}
+
+
+def test_concurrent_callers_keep_their_own_thread_counts(det):
+    counts = [1, 2, 1, 2]
+    default = _fresh_thread_count()
+
+    def work(i):
+        torch.get_num_threads()  # torch initializes a thread's count on first use ...
+        torch.set_num_threads(counts[i])  # ... then this is the thread's own setting
+        for _ in range(2):
+            det.score_samples(TEST[:4])
+        return torch.get_num_threads()
+
+    try:
+        assert _in_threads(4, work) == counts
+    finally:  # torch.set_num_threads also sets the default of new threads: put it back
+        t = threading.Thread(target=torch.set_num_threads, args=(default,))
+        t.start()
+        t.join()
+
+
+def test_one_worker_pool_for_every_call(det):
+    def workers():
+        return {t for t in threading.enumerate() if t.name.startswith("skpadim-worker")}
+
+    det.score_samples(TEST)
+    first = workers()
+    for _ in range(3):
+        det.score_samples(TEST)
+        det.anomaly_map(TEST[:3])
+    assert workers() == first  # the same threads, none started per batch or per call
