@@ -144,6 +144,8 @@ def _reason(exc, path):
         except OSError:
             pass
         return "not an image file (unknown or damaged format)"
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
     if isinstance(exc, OSError) and exc.strerror:  # permission, missing file, a folder...
         return exc.strerror
     return " ".join(str(exc).split()) or type(exc).__name__  # truncated, corrupt data
