@@ -145,10 +145,20 @@ def _reason(exc, path):
             pass
         return "not an image file (unknown or damaged format)"
     if isinstance(exc, FileNotFoundError) and os.path.islink(path):
-        return f"broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+        return _not_a_file(path).removeprefix("is ")  # "a broken symbolic link (...)"
     if isinstance(exc, OSError) and exc.strerror:  # permission, missing file, a folder...
         return exc.strerror
     return " ".join(str(exc).split()) or type(exc).__name__  # truncated, corrupt data
+
+
+def _not_a_file(path):
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if os.path.islink(path):
+        return f"is a broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+    if os.path.exists(path):
+        return "is not a regular file"
+    return "does not exist"
 
 
 def read_image(path):
@@ -334,10 +344,8 @@ def check_images(X, *, name="X"):
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             if not os.path.isfile(path):
-                raise UnreadableImageError(
-                    f"{where}: image file '{path}' does not exist (or is not a file).",
-                    path=path, reason="does not exist (or is not a file)",
-                )
+                reason = _not_a_file(path)
+                raise UnreadableImageError(f"{where}: image file '{path}' {reason}.", path=path, reason=reason)
             out.append(path)
         elif isinstance(item, np.ndarray) or hasattr(item, "__array__") or hasattr(item, "__array_interface__"):
             arr = _as_array(item, where)

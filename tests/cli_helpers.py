@@ -6,7 +6,6 @@ package is installed.
 """
 
 import csv
-import ctypes
 import io
 import os
 import shutil
@@ -54,56 +53,61 @@ def argv_of(args):
 
 # ------------------------------------------------------------ privileges
 
-_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _PR_CAPBSET_DROP = 1, 2, 24
-
-
-def _drop_file_capabilities():  # runs in the child, between fork and exec
+# Runs first in every child (a fresh, single-threaded process: no preexec_fn),
+# then becomes the command with exec, keeping its pid for signals:
+# * SIGINT back to its default: a shell without job control starts background
+#   jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored;
+# * with "1", file permissions apply even to root (see as_plain_user).
+_LAUNCHER = """
+import ctypes, os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+if sys.argv[1] == "1" and os.geteuid() == 0:
     libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH):
-        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
-def as_plain_user():
-    """``preexec_fn`` under which file permissions apply to the child, root or not.
+def launcher(argv, plain_user=False):
+    """``argv`` run through the launcher above.
 
-    Root reads a ``chmod 000`` file anyway: the capabilities
-    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH bypass permission checks.
-    Dropping them from the bounding set before ``exec`` leaves a root child
-    (CI runs as root) with an ordinary owner's rights: it still reads and
-    writes its own files, and gets "Permission denied" on a mode-000 file.
-    Not root: nothing to do.
+    ``plain_user=True``: root reads a ``chmod 000`` file anyway, because the
+    capabilities CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH bypass permission
+    checks. Dropping them from the bounding set before ``exec`` leaves a
+    root child (CI runs as root) with an ordinary owner's rights: it still
+    reads and writes its own files, and gets "Permission denied" on a
+    mode-000 file. Not root: nothing to drop.
     """
-    return _drop_file_capabilities if os.geteuid() == 0 else None
+    return [sys.executable, "-c", _LAUNCHER, "1" if plain_user else "0", *argv]
 
 
 def permission_denied_works(tmp_path):
-    """Whether a child started with :func:`as_plain_user` is refused a mode-000 file.
+    """Whether a child started with ``plain_user=True`` is refused a mode-000 file.
 
-    False where root cannot drop capabilities (no CAP_SETPCAP, e.g. some
-    hardened containers): a permission-denied file cannot be made there.
+    False where root cannot drop capabilities (no CAP_SETPCAP, as in some
+    hardened containers): a file that root cannot read cannot be made there.
     """
     probe = tmp_path / "probe-locked"
     probe.write_bytes(b"x")
     probe.chmod(0)
-    code = f"open({str(probe)!r}, 'rb')"
+    argv = launcher([sys.executable, "-c", f"open({str(probe)!r}, 'rb')"], plain_user=True)
     try:
-        r = subprocess.run([sys.executable, "-c", code], preexec_fn=as_plain_user(),
-                           capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return False
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     finally:
         probe.chmod(0o644)
+        probe.unlink()
     return r.returncode != 0 and "PermissionError" in r.stderr
 
 
 # ------------------------------------------------------------------- runs
 
 def start(cwd, args, plain_user=False, **extra):
-    """A running ``skpadim ARGS`` (Popen, text pipes)."""
+    """A running ``skpadim ARGS`` (Popen, text pipes) that SIGINT stops."""
     return subprocess.Popen(
-        argv_of(args), cwd=cwd, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, preexec_fn=as_plain_user() if plain_user else None,
+        launcher(argv_of(args), plain_user), cwd=cwd, env=env(**extra),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

@@ -145,6 +145,17 @@ def _score_all(detector, paths, args):
     return np.asarray(kept, dtype=int), np.asarray(scores, dtype=np.float64), maps, failures
 
 
+def _mask_reason(exc, path):
+    if isinstance(exc, OSError) and exc.strerror:  # permission, missing file...
+        return exc.strerror
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except OSError:
+        pass
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _read_masks(paths, labels, maps, strict):
     """Masks of the images, None where unknown; failures for masks that cannot be read."""
     from PIL import Image
@@ -160,7 +171,7 @@ def _read_masks(paths, labels, maps, strict):
         try:
             masks.append(read_masks([path], shapes=[amap.shape])[0])
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
+            why = _mask_reason(exc, path)
             if strict:
                 raise CLIError(f"could not read the mask '{path}': {why} (--strict).") from None
             failures.append(ImageFailure(os.fspath(path), f"mask: {why}"))
