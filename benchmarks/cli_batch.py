@@ -5,15 +5,18 @@ Two questions, on the same image files:
 * ``skpadim fit`` decodes every file once before fitting (to find bad files
   before the first forward pass): how long is that check next to the fit?
 * ``skpadim predict`` decodes the files itself and scores them as arrays
-  (one bad file costs only its own row): how fast is that next to
-  ``PadimDetector.score_samples(paths)``, where the detector decodes?
+  (one bad file costs only its own row), several batches per call of the
+  detector: how fast is that next to ``PadimDetector.score_samples(paths)``,
+  where the detector decodes, and next to one call per batch?
 
-Variants run interleaved, ``--repeats`` times; the table gives medians,
-the min-max spread and the ratios. ResNet-18 with random weights (the
+Variants run interleaved, ``--repeats`` times, in an order rotated every
+round; the table gives medians of wall time, its min-max spread and the
+medians of CPU time (all threads of the process: less sensitive than wall
+time to other processes on a shared machine), then the ratios. ResNet-18 with random weights (the
 speed does not depend on the weights).
 
 Usage:
-  python benchmarks/cli_batch.py --data /path/to/magnetic-tile/MT_Free/Imgs --n 160
+  python benchmarks/cli_batch.py --data /path/to/magnetic-tile/MT_Free/Imgs --n 64 --threads 1
   python benchmarks/cli_batch.py            # generated 256 px PNG files
   python benchmarks/cli_batch.py --quick    # a few small images, checks the script runs
 """
@@ -47,9 +50,10 @@ def _files(args, tmp):
 
 
 def _timed(fn):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of the process, all threads)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main():
@@ -60,8 +64,14 @@ def main():
     parser.add_argument("--image-size", type=int, default=224, help="the model's image_size (default: 224)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 is the least noisy on a shared machine")
     parser.add_argument("--quick", action="store_true", help="8 images of 64 px, once")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.n, args.file_size, args.image_size, args.repeats, args.batch_size = 8, 64, 64, 1, 4
 
@@ -72,24 +82,37 @@ def main():
         paths, source = _files(args, tmp)
         det = PadimDetector(weights=None, image_size=args.image_size, batch_size=args.batch_size,
                             random_state=0)
-        times = {k: [] for k in ("check", "fit", "score_samples(paths)", "score_images(paths)")}
-        for _ in range(args.repeats):
-            times["check"].append(_timed(lambda: check_files(paths)))
-            times["fit"].append(_timed(lambda: det.fit(paths)))
-            times["score_samples(paths)"].append(_timed(lambda: det.score_samples(paths)))
-            times["score_images(paths)"].append(_timed(lambda: list(score_images(det, paths))))
+        one = args.batch_size
+        variants = {
+            "check": lambda: check_files(paths),
+            "fit": lambda: det.fit(paths),
+            "score_samples(paths)": lambda: det.score_samples(paths),
+            "score_images(paths)": lambda: list(score_images(det, paths)),
+            "score_images, 1 batch per call": lambda: list(score_images(det, paths, chunk_size=one)),
+        }
+        times = {k: [] for k in variants}
+        cpu = {k: [] for k in variants}
+        names = list(variants)
+        for r in range(args.repeats):  # interleaved, the order rotated every round
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                wall, used = _timed(variants[name])
+                times[name].append(wall)
+                cpu[name].append(used)
     n = len(paths)
-    rows = [(k, f"{median(v):.2f}", spread(v), f"{1000 * median(v) / n:.1f}") for k, v in times.items()]
+    rows = [(k, f"{median(v):.2f}", spread(v), f"{1000 * median(v) / n:.1f}", f"{median(cpu[k]):.2f}")
+            for k, v in times.items()]
     print("\n".join(machine_header([
         f"{source}; model image_size {args.image_size}, batch_size {args.batch_size}, "
         f"resnet18 random weights; {args.repeats} interleaved repeats",
     ])))
     print()
-    print("\n".join(table(["step", "median s", "spread s", "ms per image"], rows)))
-    check, fit = median(times["check"]), median(times["fit"])
-    ours, theirs = median(times["score_images(paths)"]), median(times["score_samples(paths)"])
+    print("\n".join(table(["step", "median s", "spread s", "ms per image", "CPU s"], rows)))
     print()
-    print(f"check / fit: {check / fit:.3f}    score_images / score_samples: {ours / theirs:.3f}")
+    for label, t in (("wall", times), ("CPU", cpu)):
+        theirs = median(t["score_samples(paths)"])
+        print(f"{label:>4}: check / fit {median(t['check']) / median(t['fit']):.3f}    "
+              f"score_images / score_samples {median(t['score_images(paths)']) / theirs:.3f}    "
+              f"(1 batch per call: {median(t['score_images, 1 batch per call']) / theirs:.3f})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("speed.py", ["fit, streaming loop only", "score_samples", "end: calibration"]),
         ("precision_kernels.py", ["cholesky_inverse [library]", "distances_of(64 images, held_out=True)"]),
         ("memory.py", ["joblib"]),
-        ("cli_batch.py", ["check / fit", "score_images(paths)"]),
+        ("cli_batch.py", ["check / fit", "score_images / score_samples"]),
     ],
 )
 def test_quick_mode_runs(script, expected, tmp_path):

@@ -236,7 +236,7 @@ def test_predict_gives_every_image_a_row_and_goes_on(bad, runs):
 
 def test_predict_strict_keeps_the_rows_before_the_bad_image(bad, in_root, capsys):
     status, _, err = cli(capsys, "predict", "model.skpadim", "new", "--csv", "strict.csv",
-                         "--batch-size", "1", "--strict", "-q")
+                         "--strict", "-q")
     assert status == 1, err
     first = sorted(os.path.relpath(p, in_root) for p in bad["new"])[0]
     assert first == "new/001_corrupt.png"
@@ -246,7 +246,7 @@ def test_predict_strict_keeps_the_rows_before_the_bad_image(bad, in_root, capsys
     partial = (in_root / "strict.csv.partial").read_bytes()
     assert partial.endswith(b"\r\n")  # whole lines only
     rows = read_csv(partial.decode())
-    assert [row["path"] for row in rows] == ["new/000.png"]  # scored one by one (--batch-size 1)
+    assert [row["path"] for row in rows] == ["new/000.png"]  # the image before the bad one
     assert float(rows[0]["score"]) > 0
     assert "stopped after 1 of" in err and "strict.csv.partial" in err
 

@@ -22,6 +22,10 @@ import numpy as np
 
 __all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "score_images"]
 
+# Images per detector call in score_images: several batches, within a memory budget.
+CHUNK_BATCHES = 4
+CHUNK_BYTES = 256 * 2**20
+
 
 class ImageFailure(NamedTuple):
     """An input that could not be read: the path and why, in a few words."""
@@ -122,31 +126,40 @@ def check_files(items, *, strict=False, on_failure=None, on_image=None, n_thread
     return ok, failures
 
 
-def score_images(detector, items, *, batch_size=None, with_maps=False, strict=False, n_threads=2):
+def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2):
     """Yield an :class:`ImageResult` for every item, in order.
 
-    Readable images are scored in batches of ``batch_size`` (default: the
-    detector's) with ``detector.anomaly_map(images, return_scores=True)``
-    (``with_maps=True``) or ``detector.score_samples(images)``: the scores
-    are those of the detector on the same files. Unreadable ones come back
-    with ``error`` set, in their place; with ``strict=True`` the first one
-    raises :class:`~skpadim.exceptions.UnreadableImageError` instead.
-    Errors of the detector itself (out of memory, a bad model) propagate.
+    Readable images are scored ``chunk_size`` at a time (default: four of
+    the detector's batches, fewer for images so large that their decoded
+    pixels pass 256 MB) with ``detector.anomaly_map(images,
+    return_scores=True)`` (``with_maps=True``) or
+    ``detector.score_samples(images)``: the scores are those of the
+    detector on the same files. Calls span several batches because each
+    call sets up its heap and returns it to the system at the end; one
+    call per batch pays that every batch (benchmarks/cli_batch.py).
+    Unreadable images come back with ``error`` set, in their place; with
+    ``strict=True`` the first one raises
+    :class:`~skpadim.exceptions.UnreadableImageError` instead, once the
+    images before it have their results. Errors of
+    the detector itself (out of memory, a bad model) propagate.
     """
-    batch_size = batch_size or detector.batch_size
+    batch = int(detector.batch_size)
+    chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
-    pending, images = [], []
-    for i, path, got in decode(items, n_threads=n_threads, ahead=2 * batch_size, gray=gray):
+    pending, images, nbytes = [], [], 0
+    for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray):
         if isinstance(got, ImageFailure):
-            if strict:
+            if strict:  # the images before it still get their results
+                yield from _score_batch(detector, pending, images, with_maps)
                 raise _strict_error(got)
             pending.append(ImageResult(i, path, error=got.reason))
             continue
         pending.append(ImageResult(i, path))
         images.append(got)
-        if len(images) == batch_size:
+        nbytes += got.nbytes
+        if len(images) >= chunk_size or (nbytes >= CHUNK_BYTES and len(images) % batch == 0):
             yield from _score_batch(detector, pending, images, with_maps)
-            pending, images = [], []
+            pending, images, nbytes = [], [], 0
     yield from _score_batch(detector, pending, images, with_maps)
 
 

@@ -1,7 +1,7 @@
 """``skpadim fit``: fit a model on a folder of good images.
 
 Before the first forward pass every file is decoded once, on every core
-(about 1 % of the time of a CPU fit): a bad file is found in seconds,
+(1 to 2.5 % of a CPU fit, docs/benchmarks.md): a bad file is found in seconds,
 not after an hour of fitting. Files that fail are listed and skipped
 (``--strict``: the first one stops the command before any fitting); the
 model is fitted on the others and records how many it was fitted on

@@ -135,6 +135,8 @@ def _stopped(output, total, exc):
     from ..exceptions import UnreadableImageError
 
     partial = output.abort()
+    if isinstance(exc, BrokenPipeError):  # e.g. skpadim predict ... | head: the reader left
+        return
     if output.path is None:
         note(f"skpadim: stopped after {output.rows} of {total} images; the CSV on stdout is "
              "incomplete.")
