@@ -33,7 +33,7 @@ import os
 import subprocess
 import sys
 
-from _common import emit, load_average, machine_header, median, table
+from _common import environment, emit, load_average, machine_header, median, table
 
 TUNABLES = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647"
 VARIANTS = ("glibc defaults", "in-call mallopt", "GLIBC_TUNABLES")
@@ -99,7 +99,7 @@ def main(argv=None):
     if not sys.platform.startswith("linux"):
         raise SystemExit("glibc's allocator: Linux only")
     emit(["## allocator", ""])
-    emit(machine_header([
+    emit(machine_header(environment(), [
         f"resnet18 (weights=None), n_features=100, image_size={args.image_size}, batch_size="
         f"{args.batch_size}, device='cpu'; fit and score_samples on {args.n_images} images "
         f"(make_anomaly_images, random_state=0) after a one-batch warm-up",

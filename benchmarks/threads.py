@@ -36,7 +36,7 @@ import numpy as np
 from skpadim import PadimDetector
 from skpadim.datasets import make_anomaly_images
 
-from _common import emit, load_average, machine_header, median, table
+from _common import environment, emit, load_average, machine_header, median, table
 
 THREADS = (1, 2, 4)
 METHODS = ("score_samples", "anomaly_map")
@@ -91,7 +91,7 @@ def main(argv=None):
     # The same calls one after the other (also the warm-up).
     serial = {(m, t): [getattr(det, m)(part) for part in np.array_split(X, t)] for m in METHODS for t in THREADS}
     emit(["## threads", ""])
-    emit(machine_header([
+    emit(machine_header(environment(), [
         f"detector: {args.backbone} (weights=None), n_features={len(det.feature_index_)}, "
         f"image_size={args.image_size}, batch_size={args.batch_size}, device='cpu', fitted on 32 images",
         f"images: make_anomaly_images({n + 32}, 0, image_size={args.image_size}, random_state=0), "

@@ -15,13 +15,20 @@ last axis is longer than 4: a last axis of 1 to 4 is what a single (H, W, C)
 image looks like, so such an array is refused (pass ``X[None]`` for one
 image, ``X[..., None]`` for grayscale images at most 4 pixels wide). Every
 error is a ValueError naming ``X`` (or ``X[i]``, or the file), the value
-found and what was expected.
+found and what was expected; an image file that cannot be read raises
+:class:`~skpadim.exceptions.UnreadableImageError` (a ValueError) naming the
+file and the reason.
+
+:func:`read_image` is the one decoder of image files: the estimator, the
+command line and the deployment runtime all read files with it.
 """
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from .exceptions import UnreadableImageError
 
 _FLOAT_KINDS = "f"
 _READ_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBX", "La"}
@@ -126,25 +133,104 @@ def _as_array(item, where):
         ) from None
 
 
-def _read_file(path, where):
+def _reason(exc, path):
+    """What is wrong with an image file, in a few words, from the exception of reading it."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, UnidentifiedImageError):
+        try:
+            if os.path.getsize(path) == 0:
+                return "empty file (0 bytes)"
+        except OSError:
+            pass
+        return "not an image file (unknown or damaged format)"
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return _not_a_file(path).removeprefix("is ")  # "a broken symbolic link (...)"
+    if isinstance(exc, OSError) and exc.strerror:  # permission, missing file, a folder...
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__  # truncated, corrupt data
+
+
+def _not_a_file(path):
+    if os.path.isdir(path):
+        return "is a folder, not an image file"
+    if os.path.islink(path):
+        return f"is a broken symbolic link (its target '{os.readlink(path)}' does not exist)"
+    if os.path.exists(path):
+        return "is not a regular file"
+    return "does not exist"
+
+
+def read_image(path):
+    """Decode an image file as :class:`skpadim.PadimDetector` does.
+
+    The one reader of image files of skpadim: the estimator, the command line
+    and the deployment runtime decode with it, so their inputs are identical.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    image : ndarray of shape (H, W, 3), uint8
+        Grayscale and palette images are converted to RGB, the alpha channel
+        is dropped.
+
+    Raises
+    ------
+    skpadim.exceptions.UnreadableImageError
+        The file cannot be opened or decoded, or is not an 8-bit image; its
+        ``reason`` says why in a few words.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from skpadim._images import read_image
+    >>> from skpadim.exceptions import UnreadableImageError
+    >>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
+    >>> Image.new("L", (4, 2), 128).save(path)
+    >>> read_image(path).shape, read_image(path).dtype
+    ((2, 4, 3), dtype('uint8'))
+    >>> open(path, "wb").close()  # now an empty file
+    >>> try:
+    ...     read_image(path)
+    ... except UnreadableImageError as exc:
+    ...     print(exc.reason)
+    empty file (0 bytes)
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = os.fspath(path)
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode not in _READ_MODES:
-                raise ValueError(
-                    f"{where}: image file '{path}' has mode {im.mode!r} (e.g. 16-bit or "
-                    "float); expected an 8-bit grayscale, RGB or RGBA image. Convert it "
-                    "to 8 bits, or load it yourself and pass a float array in [0, 1]."
+                reason = (
+                    f"mode {im.mode!r} (e.g. 16-bit or float); expected an 8-bit grayscale, "
+                    "RGB or RGBA image"
                 )
-            im = im.convert("RGB")
-            return np.asarray(im)
+                raise UnreadableImageError(
+                    f"image file '{path}' has {reason}. Convert it to 8 bits, or load it "
+                    "yourself and pass a float array in [0, 1].",
+                    path=path, reason=reason,
+                )
+            return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(
-            f"{where}: could not read image file '{path}': {exc}. Expected a readable "
-            "image file (PNG, JPEG, BMP, TIFF)."
+        reason = _reason(exc, path)
+        raise UnreadableImageError(
+            f"could not read image file '{path}': {reason}. Expected a readable image "
+            "file (PNG, JPEG, BMP, TIFF).",
+            path=path, reason=reason,
         ) from None
+
+
+def _read_file(path, where):
+    try:
+        return read_image(path)
+    except UnreadableImageError as exc:
+        raise UnreadableImageError(f"{where}: {exc}", path=exc.path, reason=exc.reason) from None
 
 
 class ImageSet:
@@ -258,7 +344,8 @@ def check_images(X, *, name="X"):
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             if not os.path.isfile(path):
-                raise ValueError(f"{where}: image file '{path}' does not exist (or is not a file).")
+                reason = _not_a_file(path)
+                raise UnreadableImageError(f"{where}: image file '{path}' {reason}.", path=path, reason=reason)
             out.append(path)
         elif isinstance(item, np.ndarray) or hasattr(item, "__array__") or hasattr(item, "__array_interface__"):
             arr = _as_array(item, where)

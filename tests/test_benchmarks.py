@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -91,3 +93,21 @@ def test_precision_kernels_quick_mode(tmp_path):
         for row in data["tables"][key]["rows"]:
             numbers = [float(c.rstrip("x")) for c in row[2:]]
             assert all(positive(x) for x in numbers), row
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        ("cli_batch.py", ["check / fit", "score_images / score_samples"]),
+        ("threads.py", ["throughput vs 1 thread", "anomaly_map"]),
+        ("allocator.py", ["CPU-time speed-up vs defaults", "score_samples"]),
+    ],
+)
+def test_other_quick_modes_run(script, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    for text in expected:
+        assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout[-3000:]}"

@@ -10,14 +10,11 @@ console script calls, which saves starting a Python process (and importing
 torch) per case. Independent subprocesses run concurrently.
 """
 
-import csv
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -25,87 +22,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import DEFECTS, FAST, cli, one_thread, run, run_many, save_png  # noqa: F401
+from cli_helpers import read_csv as _read_csv
 from skpadim import PadimDetector
-from skpadim.cli import main
 from skpadim.datasets import make_anomaly_images
 
-DEFECTS = ("scratch", "spot", "missing")
-FAST = ["--weights", "none", "--image-size", "64"]
-TIMEOUT = 300
-
-
-def _console_script():
-    script = Path(sys.executable).parent / "skpadim"
-    if script.is_file():
-        return str(script)
-    found = shutil.which("skpadim")
-    if found is None:
-        pytest.fail('The console script "skpadim" is not installed; run: python -m pip install -e ".[test]"')
-    return found
-
-
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items() if k != "SKPADIM_DEBUG"}
-    env["OMP_NUM_THREADS"] = "1"  # processes run side by side: no thread oversubscription
-    env.update(extra)
-    return env
-
-
-def run_many(cwd, commands):
-    """Run ``skpadim ARGS`` for each entry concurrently; return CompletedProcess-like results.
-
-    An entry is a list of arguments, or ``(arguments, extra environment)``.
-    ``["-m", ...]`` runs ``python -m skpadim ...`` instead of the script.
-    """
-    script = _console_script()
-    procs = []
-    for entry in commands:
-        args, extra = entry if isinstance(entry, tuple) else (entry, {})
-        argv = [sys.executable, "-m", "skpadim", *args[1:]] if args[:1] == ["-m"] else [script, *args]
-        procs.append(subprocess.Popen(
-            argv, cwd=cwd, env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
-        ))
-    results = []
-    for p in procs:
-        out, err = p.communicate(timeout=TIMEOUT)
-        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
-    return results
-
-
-def run(cwd, *args, **extra):
-    return run_many(cwd, [(list(args), extra)])[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process commands use one torch thread, as the subprocesses (OMP_NUM_THREADS=1).
-
-    On a busy CPU, torch's batched linear algebra with several threads can
-    slow down a thousandfold (threads waiting on each other); the tests must
-    not depend on the load of the machine.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(capsys, *args):
-    """``skpadim ARGS`` in-process: (exit status, stdout, stderr)."""
-    try:
-        status = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse: --help, usage errors
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def _save(path, array):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+pytestmark = pytest.mark.usefixtures("one_thread")
+_save = save_png
 
 
 @pytest.fixture(scope="module")
@@ -160,18 +83,15 @@ def test_top_level_help_shows_the_workflow(capsys):
         assert f"  skpadim {command} " in out
 
 
-def _read_csv(text):
-    return list(csv.DictReader(io.StringIO(text)))
-
-
 def test_predict_writes_csv_and_overlays(work):
     root, _ = work
     folders = ["test/good"] + [f"test/{d}" for d in DEFECTS]
     r = run(root, "predict", "model.skpadim", *folders, "--out", "overlays")
     assert r.returncode == 0, r.stderr
     rows = _read_csv(r.stdout)
-    assert len(rows) == 12 and list(rows[0]) == ["path", "score", "label", "overlay"]
+    assert len(rows) == 12 and list(rows[0]) == ["path", "score", "label", "overlay", "error"]
     assert {row["label"] for row in rows} <= {"anomalous", "normal"}
+    assert {row["error"] for row in rows} == {""}
     paths = [row["path"] for row in rows]
     assert paths[:2] == ["test/good/000.png", "test/good/001.png"]
     # Same scores and labels as the Python API.
@@ -203,10 +123,11 @@ def test_predict_options(work, capsys, tmp_path):
     assert stdout == ""  # the CSV went to --csv
     rows = _read_csv(out.read_text())
     assert [Path(row["path"]).name for row in rows] == ["000.png", "000.png", "001.png"]
-    assert list(rows[0]) == ["path", "score", "label"]
+    assert list(rows[0]) == ["path", "score", "label", "error"]
     assert [row["label"] for row in rows] == ["normal"] * 3  # --threshold 1e9
     assert "%|" not in err  # -q: no bar
-    assert "0 of 3 images flagged" in err
+    assert "0 of 3 images flagged" in err and "could not be read" not in err
+    assert sorted(os.listdir(tmp_path)) == ["pred.csv"]  # no temporary or partial file left
 
 
 def test_info_text_and_json(work, capsys):
@@ -215,6 +136,7 @@ def test_info_text_and_json(work, capsys):
     assert as_json.returncode == 0, as_json.stderr
     info = json.loads(as_json.stdout)
     assert info["training_images"] == 12 and info["image_size"] == [64, 64]
+    assert info["skipped_images"] == 0 and info["n_channels"] == 448
     assert info["layers"] == ["layer1", "layer2", "layer3"] and info["weights"] is None
     assert info["backbone"] == "resnet18" and info["n_features"] == 100
     assert info["file_size_bytes"] == (root / "model.skpadim").stat().st_size
@@ -429,4 +351,5 @@ def test_fit_offline_without_weights_says_what_to_do(work, capsys, tmp_path, mon
     last = err.strip().splitlines()[-1]  # torch prints "Downloading: ..." before trying
     assert last.startswith("skpadim: error: Could not load the pretrained DEFAULT weights of 'resnet18'")
     assert "--weights PATH" in last and "--weights none" in last
+    assert f"cache at '{tmp_path / 'torch' / 'hub' / 'checkpoints'}" in last  # where to copy the file
     assert not (tmp_path / "w.skpadim").exists()

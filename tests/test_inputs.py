@@ -128,6 +128,29 @@ def test_corrupted_file(tmp_path, fitted):
         fitted.score_samples([good, str(bad)])
 
 
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "dangling", "missing"])
+def test_unreadable_files_raise_a_typed_error_with_path_and_reason(tmp_path, fitted, kind):
+    from skpadim.exceptions import UnreadableImageError
+
+    good = _png(tmp_path / "good.png", X[0])
+    bad = tmp_path / f"{kind}.png"
+    if kind == "truncated":
+        bad.write_bytes(open(good, "rb").read()[:200])
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "text":
+        bad.write_text("not an image\n")
+    elif kind == "dangling":
+        bad.symlink_to(tmp_path / "nowhere.png")
+    reason = {"truncated": "truncated", "empty": "empty file (0 bytes)", "text": "not an image file",
+              "dangling": "broken symbolic link", "missing": "does not exist"}[kind]
+    for call in (fitted.score_samples, fitted.anomaly_map, PadimDetector(**SMALL).fit):
+        with pytest.raises(UnreadableImageError) as info:  # a ValueError, as before
+            call([good, str(bad), good])
+        assert info.value.path == str(bad) and reason in info.value.reason
+        assert str(info.value).startswith(f"X[1]: ") and reason in str(info.value)
+
+
 def test_missing_file(tmp_path, fitted):
     with pytest.raises(ValueError, match=r"X\[0\]: image file '.*missing.png' does not exist"):
         fitted.score_samples([tmp_path / "missing.png"])

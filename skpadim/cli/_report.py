@@ -16,7 +16,9 @@ import os
 
 import numpy as np
 
-from ._cli_model import CLIError, human_size
+from ._common import CLIError, human_size
+from ._model import training_images_text
+from ._output import write_text
 
 _PLOT_HINT = 'pip install "skpadim[plot]" (or pip install matplotlib)'
 
@@ -47,18 +49,18 @@ def heat_range(threshold):
     return 0.5 * threshold, 1.5 * threshold
 
 
-def overlay_png(image_path, amap, threshold, *, mask=None, side=None, title=None):
+def overlay_png(image, amap, threshold, *, mask=None, side=None, title=None):
     """PNG bytes of an image with its heat map, flagged region (red) and defect (green).
 
-    The longest side of the picture is ``side`` pixels (default: the image's
-    own, clipped to [256, 1024]).
+    ``image`` is the decoded image (an array) or its file. The longest side
+    of the picture is ``side`` pixels (default: the image's own, clipped to
+    [256, 1024]).
     """
-    from PIL import Image
+    from .._images import read_image
+    from ..plot import plot_anomaly_overlay
 
-    from .plot import plot_anomaly_overlay
-
-    with Image.open(image_path) as im:
-        image = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
+    if not isinstance(image, np.ndarray):
+        image = read_image(image)
     h, w = image.shape[:2]
     side = side or min(max(max(h, w), 256), 1024)
     dpi, top = 100, (0.3 if title else 0.0)
@@ -83,7 +85,7 @@ def _img(png, alt, cls=""):
 # ---------------------------------------------------------------- curves
 
 def roc_png(labels, scores):
-    from .plot import plot_roc
+    from ..plot import plot_roc
 
     fig = _figure(4.2, 4.2)
     ax = fig.add_subplot()
@@ -93,7 +95,7 @@ def roc_png(labels, scores):
 
 
 def pro_png(masks, maps, fpr_limit):
-    from .plot import plot_pro
+    from ..plot import plot_pro
 
     fig = _figure(4.2, 4.2)
     ax = fig.add_subplot()
@@ -210,7 +212,7 @@ def _metrics_section(ev):
 
 
 def _defect_section(ev):
-    from .metrics import image_auroc
+    from ..metrics import image_auroc
 
     labels, scores, types, flagged = ev["labels"], ev["scores"], ev["defect_types"], ev["flagged"]
     good = labels == 0
@@ -244,22 +246,40 @@ def _thumbs(ev, idx, heading, explain):
             f'<div class="grid">{"".join(cells)}</div>')
 
 
+def _failures_section(ev):
+    failures = ev["failures"]
+    if not failures:
+        return ""
+    rows = [[_td(f.path), _td(f.reason)] for f in failures]
+    return (
+        f'<h2 id="unreadable">Unreadable files</h2><p class="bad">{len(failures)} files could not be '
+        "read. Their images are left out of every number and picture of this report "
+        "(an unreadable mask leaves its image out of the pixel metrics only).</p>"
+        + _table(["File", "Reason"], rows, cls="failures")
+    )
+
+
 def _model_section(info):
     rows = [
         ("Model file", f"{info['file']} ({human_size(info['file_size_bytes'])})"),
         ("Backbone", f"{info['backbone']} (weights: {info['weights'] or 'none, random'})"),
         ("Layers", ", ".join(info["layers"])),
-        ("Features", f"{info['n_features']} of {info['n_channels']} channels"),
+        ("Features", f"{info['n_features']} of {info['n_channels'] or '?'} channels"),
         ("Image size", "{} x {}".format(*info["image_size"])),
-        ("Training images", str(info["training_images"])),
+        ("Training images", training_images_text(info)),
         ("Model threshold", f"{info['threshold']:.6g}"),
     ]
     return "<h2>Model</h2>" + _table(None, [[f"<th>{html.escape(a)}</th>", _td(b)] for a, b in rows])
 
 
+def _left_out(ev):
+    n = len(ev["failures"])
+    return f', <a class="bad" href="#unreadable">{n} unreadable files left out</a>' if n else ""
+
+
 def write_report(path, ev):
     """Write the HTML report of an evaluation ``ev`` (the dict built by ``skpadim evaluate``)."""
-    from . import __version__
+    from .. import __version__
 
     labels, scores = ev["labels"], ev["scores"]
     curves = [(roc_png(labels, scores), "ROC curve")]
@@ -279,9 +299,11 @@ def write_report(path, ev):
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="sub">Data <code>{html.escape(ev["data"])}</code> ({html.escape(ev["layout"])} layout, '
-        f"{int((labels == 0).sum())} good and {int((labels == 1).sum())} defective images) · "
+        f"{int((labels == 0).sum())} good and {int((labels == 1).sum())} defective images"
+        f"{_left_out(ev)}) · "
         f'model <code>{html.escape(ev["model"])}</code> · {now} · skpadim {__version__}</p>',
         _metrics_section(ev),
+        _failures_section(ev),
         _defect_section(ev),
         '<h2>Curves</h2><div class="curves">' + "".join(_img(png, alt) for png, alt in curves) + "</div>",
         _thumbs(ev, worst_good, "Good images that look most anomalous",
@@ -294,5 +316,4 @@ def write_report(path, ev):
         _model_section(ev["info"]),
         f"<script>{_SCRIPT}</script></body></html>",
     ]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    write_text(path, "\n".join(parts))

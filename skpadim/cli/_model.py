@@ -1,33 +1,31 @@
 """Models for the command line: build a detector from options, save, load, describe.
 
-The CLI saves with :meth:`PadimDetector.save` (the pickle-free format of
-:mod:`skpadim._safe_io`). Torchvision backbones are rebuilt by
-:meth:`PadimDetector.load` from the file alone. The one custom module the CLI
-knows, EfficientNet-Lite0 from the ``efficientnet`` extra, is rebuilt here:
-the detector carries the attribute ``cli_backbone_ = "efficientnet-lite0"``,
-which the safe format stores among its JSON "extra" attributes, and
-:func:`load_model` reads that marker from ``config.json`` before loading.
+The CLI saves with :meth:`PadimDetector.save` and loads with
+:meth:`PadimDetector.load` (the pickle-free model file). Torchvision
+backbones are rebuilt by ``load`` from the file alone. The one custom module
+the CLI knows, EfficientNet-Lite0 from the ``efficientnet`` extra, is
+rebuilt here: the detector carries the attribute
+``cli_backbone_ = "efficientnet-lite0"``, which the model file stores among
+its JSON "extra" attributes, and :func:`load_model` reads that marker from
+the file's ``config.json`` before loading. ``fit`` also records there how
+many unreadable images it skipped (``cli_skipped_images_``).
 """
 
 import contextlib
 import io
 import json
-import math
 import os
 import zipfile
 
-from ._engine.backbone import weights_cache_path
+from ._common import CLIError
 
 EFFICIENTNET = "efficientnet-lite0"
-# Marker attribute written into the model file (see the module docstring).
+# Marker attributes written into the model file (see the module docstring).
 MARKER = "cli_backbone_"
+SKIPPED = "cli_skipped_images_"
 _EFFICIENTNET_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.10"]
 _EFFICIENTNET_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _EXTRA_HINT = 'pip install "skpadim[efficientnet]"'
-
-
-class CLIError(Exception):
-    """A failure to report as one line, exit status 1."""
 
 
 # ------------------------------------------------------------------ build
@@ -91,6 +89,16 @@ def detector_params(args):
     return params
 
 
+def _weights_cache_path(member):
+    """Where torchvision keeps (or would keep) the file of a weights enum member."""
+    from urllib.parse import urlparse
+
+    import torch
+
+    filename = os.path.basename(urlparse(member.url).path)
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+
+
 def weights_error(backbone, weights):
     """One-line CLIError for pretrained weights that are neither cached nor downloadable."""
     where = ""
@@ -99,7 +107,7 @@ def weights_error(backbone, weights):
 
         enum = torchvision.models.get_model_weights(backbone)
         member = enum[weights.split(".")[-1]]  # "DEFAULT" is a member alias
-        where = f" (looked in the torch hub cache at '{weights_cache_path(member)}', then {member.url})"
+        where = f" (looked in the torch hub cache at '{_weights_cache_path(member)}', then {member.url})"
     except Exception:  # the message is good enough without the location
         pass
     return CLIError(
@@ -112,12 +120,14 @@ def weights_error(backbone, weights):
 
 # ------------------------------------------------------------ save / load
 
-def save_model(detector, path):
+def save_model(detector, path, n_skipped=0):
     """Write ``detector`` in the safe format; ``device="auto"`` so it loads anywhere."""
     from torch import nn
 
     detector.set_params(device="auto", verbose=False)
-    metadata = {MARKER: EFFICIENTNET} if isinstance(detector.backbone, nn.Module) else None
+    metadata = {SKIPPED: int(n_skipped)}
+    if isinstance(detector.backbone, nn.Module):
+        metadata[MARKER] = EFFICIENTNET
     try:
         detector.save(path, metadata=metadata)
     except OSError as exc:
@@ -143,7 +153,7 @@ def _metadata(config):
 
 def load_model(path):
     """Load a model file written by ``skpadim fit`` (or ``PadimDetector.save``)."""
-    from . import PadimDetector
+    from .. import PadimDetector
 
     if not os.path.exists(path):
         raise CLIError(
@@ -175,10 +185,12 @@ def threshold_of(detector):
     return -float(detector.offset_)
 
 
+def _image_size_pair(size):
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def describe(detector, path):
     """Facts about a fitted detector and its file, as an ordered dict."""
-    from ._engine.params import image_size_pair
-
     config = peek_config(path)
     config = config if isinstance(config, dict) else {}
     backbone = _metadata(config).get(MARKER)
@@ -187,9 +199,10 @@ def describe(detector, path):
         if not isinstance(backbone, str):
             backbone = type(backbone).__name__
     weights = None if detector.weights is None else str(detector.weights)
-    h, w = image_size_pair(detector.image_size)
+    h, w = _image_size_pair(detector.image_size)
     gh, gw = detector.feature_map_shape_
     total = sum(int(c) for c, _, _ in detector.layer_shapes_)  # (channels, h, w) per layer
+    skipped = _metadata(config).get(SKIPPED)
     return {
         "file": os.fspath(path),
         "file_size_bytes": os.path.getsize(path),
@@ -203,6 +216,7 @@ def describe(detector, path):
         "image_size": [h, w],
         "patch_grid": [gh, gw],
         "training_images": int(detector.n_samples_seen_),
+        "skipped_images": None if skipped is None else int(skipped),
         "threshold": threshold_of(detector),
         "contamination": detector.contamination,
         "epsilon": float(detector.epsilon),
@@ -210,9 +224,8 @@ def describe(detector, path):
     }
 
 
-def human_size(n):
-    if n < 1024:
-        return f"{n} B"
-    units = ["KB", "MB", "GB", "TB"]
-    k = min(int(math.log(n, 1024)), len(units))
-    return f"{n / 1024**k:.1f} {units[k - 1]}"
+def training_images_text(info):
+    """"200", or "198 (2 unreadable files skipped at fit)"."""
+    skipped = info.get("skipped_images")
+    extra = f" ({skipped} unreadable files skipped at fit)" if skipped else ""
+    return f"{info['training_images']}{extra}"

@@ -1,0 +1,45 @@
+"""The ``skpadim`` command line: fit, predict, evaluate and inspect models on folders.
+
+Run ``skpadim --help`` (or ``python -m skpadim --help``) and
+``skpadim COMMAND --help``; docs/cli.md walks through a session.
+
+Exit statuses:
+
+===  ==================================================================
+0    success: the command finished and every image was read
+1    the command failed: a missing folder, no images, an unreadable or
+     damaged model file, weights that cannot be loaded, no image that
+     could be read, or ``--strict`` and an unreadable image
+2    the command line is wrong: unknown option, missing argument, a
+     value of the wrong type
+3    the command finished, but some images (or masks) could not be read
+     and were left out: each is named on stderr and in the output (the
+     ``error`` column of predict's CSV, the summary of fit and evaluate,
+     the report)
+130  interrupted (SIGINT, Ctrl-C)
+143  terminated (SIGTERM)
+===  ==================================================================
+
+Every error is one line on stderr, ``skpadim: error:`` followed by what
+went wrong and what to do; every unreadable image one line
+``skpadim: warning: cannot read 'PATH': REASON; skipped``. Set
+``SKPADIM_DEBUG=1`` to get the Python traceback instead. Output files are
+never half-written: they are written under a temporary name and renamed
+when complete; after an error or an interrupt, ``predict --csv FILE``
+keeps the rows already written in ``FILE.partial``.
+
+The package uses the public API of :class:`skpadim.PadimDetector`; one
+module per command (``_fit``, ``_predict``, ``_evaluate``, ``_info``), each
+with ``add_parser(subparsers)`` and ``run(args)``, listed in
+``_main.COMMANDS``.
+
+Examples
+--------
+>>> from skpadim.cli import build_parser
+>>> build_parser().parse_args(["fit", "data/good", "--out", "m.skpadim"]).image_size
+224
+"""
+
+from ._main import build_parser, main
+
+__all__ = ["build_parser", "main"]

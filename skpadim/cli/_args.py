@@ -1,0 +1,93 @@
+"""Argument parsing shared by the commands: the parser class, value types, common options."""
+
+import argparse
+import math
+
+__all__ = [
+    "Parser", "add_command", "add_run_options", "contamination", "finite", "fraction",
+    "image_size", "layers", "positive_int",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line pointing to --help, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def image_size(text):
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected SIZE or HEIGHTxWIDTH in pixels (e.g. 224 or 256x320), got {text!r}"
+        )
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def finite(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    return value
+
+
+def fraction(text):
+    value = finite(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def contamination(text):
+    if text == "auto":
+        return text
+    value = finite(text)
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in (0, 0.5], got {text!r}")
+    return value
+
+
+def layers(text):
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated module names, e.g. layer1,layer2,layer3")
+    return names
+
+
+def add_command(subparsers, name, help, epilog, run):
+    """The parser of one command; ``run(args)`` is what :func:`skpadim.cli.main` calls."""
+    p = subparsers.add_parser(
+        name, help=help, description=help, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(run=run)
+    return p
+
+
+def add_run_options(p, batch_size=None):
+    """Options of every command that reads images: batch size, --strict, --quiet."""
+    default = batch_size or "the model's"
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
+                   help=f"images per forward pass (default: {default})")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first image that cannot be read (exit status 1) instead "
+                        "of skipping it, listing it and finishing with exit status 3")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

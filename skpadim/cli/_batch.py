@@ -1,0 +1,194 @@
+"""Per-image error handling: decode and score image files, one bad file at a time.
+
+A run over thousands of files must not stop at the first unreadable one.
+Every function here takes *items*: image paths, or :class:`ImageFailure`
+records for inputs already known to be bad (a folder that cannot be
+listed), and reports each image, in input order, as scored or failed.
+Files are decoded with :func:`skpadim._images.read_image`, the decoder of
+:class:`~skpadim.PadimDetector` itself, so the decoded images are exactly
+what the detector reads from a path; they are then passed to the
+detector's public methods as arrays, so a bad file costs nothing but its
+own row. The functions hold no state between calls, and their results are
+plain tuples: a distributed run can call :func:`score_images` on each chunk
+of paths and gather the results.
+"""
+
+import collections
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+__all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "score_images"]
+
+# Images per detector call in score_images: several batches, within a memory budget.
+CHUNK_BATCHES = 4
+CHUNK_BYTES = 256 * 2**20
+
+
+class ImageFailure(NamedTuple):
+    """An input that could not be read: the path and why, in a few words."""
+
+    path: str
+    reason: str
+
+
+class ImageResult(NamedTuple):
+    """The outcome for one image: a score (and map), or the reason it failed."""
+
+    index: int
+    path: str
+    score: Optional[float] = None  # anomaly score, higher = more anomalous
+    map: Optional[np.ndarray] = None  # at the image's own size, with with_maps=True
+    error: Optional[str] = None  # why the image could not be read; None when scored
+
+
+def _decoder(gray):
+    from .._images import read_image
+
+    def decode_one(path):
+        image = read_image(path)  # (H, W, 3) uint8
+        if gray:  # the model was fitted on one-channel arrays
+            if not (np.array_equal(image[..., 0], image[..., 1])
+                    and np.array_equal(image[..., 0], image[..., 2])):
+                raise ValueError("a color image, but the model was fitted on grayscale images")
+            image = image[..., 0]
+        return image
+
+    return decode_one
+
+
+def _unreadable(path, exc):
+    from ..exceptions import UnreadableImageError
+
+    reason = exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
+    return ImageFailure(os.fspath(path), reason or type(exc).__name__)
+
+
+def decode(items, *, n_threads=2, ahead=64, gray=False):
+    """Yield ``(index, path, image or ImageFailure)`` for every item, in order.
+
+    Files are decoded in ``n_threads`` background threads, at most
+    ``ahead`` images ahead of the consumer (which bounds the memory held).
+    A file that cannot be decoded yields an :class:`ImageFailure`; nothing
+    is raised for it. ``gray=True`` returns (H, W) images (for a model
+    fitted on one-channel arrays) and refuses color ones.
+    """
+    items = list(items)
+    decode_one = _decoder(gray)
+
+    def job(item):
+        if isinstance(item, ImageFailure):
+            return item
+        try:
+            return decode_one(item)
+        except (ValueError, OSError) as exc:  # UnreadableImageError is a ValueError
+            return _unreadable(item, exc)
+
+    pool = ThreadPoolExecutor(max_workers=max(1, n_threads))
+    queue = collections.deque()
+    try:
+        submitted = 0
+        for i, item in enumerate(items):
+            while submitted < len(items) and submitted <= i + ahead:
+                queue.append(pool.submit(job, items[submitted]))
+                submitted += 1
+            got = queue.popleft().result()
+            path = item.path if isinstance(item, ImageFailure) else os.fspath(item)
+            yield i, path, got
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_files(items, *, strict=False, on_failure=None, on_image=None, n_threads=None):
+    """Decode every file once; return ``(readable paths, failures)``.
+
+    The check ``skpadim fit`` runs before its first forward pass, in
+    ``n_threads`` threads (default: every core): a fit that starts will
+    not stop at a bad file. ``on_failure(failure)`` is called for each
+    failure as found, ``on_image()`` after each item. With ``strict=True``
+    the first failure raises :class:`~skpadim.exceptions.UnreadableImageError`.
+    """
+    n_threads = n_threads or _cores()
+    ok, failures = [], []
+    for _, path, got in decode(items, n_threads=n_threads, ahead=4 * n_threads):
+        if isinstance(got, ImageFailure):
+            if strict:
+                raise _strict_error(got)
+            failures.append(got)
+            if on_failure is not None:
+                on_failure(got)
+        else:
+            ok.append(path)
+        if on_image is not None:
+            on_image()
+    return ok, failures
+
+
+def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2):
+    """Yield an :class:`ImageResult` for every item, in order.
+
+    Readable images are scored ``chunk_size`` at a time (default: four of
+    the detector's batches, fewer for images so large that their decoded
+    pixels pass 256 MB) with ``detector.anomaly_map(images,
+    return_scores=True)`` (``with_maps=True``) or
+    ``detector.score_samples(images)``: the scores are those of the
+    detector on the same files. Calls span several batches because each
+    call sets up its heap and returns it to the system at the end; one
+    call per batch pays that every batch (benchmarks/cli_batch.py).
+    Unreadable images come back with ``error`` set, in their place; with
+    ``strict=True`` the first one raises
+    :class:`~skpadim.exceptions.UnreadableImageError` instead, once the
+    images before it have their results. Errors of
+    the detector itself (out of memory, a bad model) propagate.
+    """
+    batch = int(detector.batch_size)
+    chunk_size = chunk_size or CHUNK_BATCHES * batch
+    gray = getattr(detector, "n_channels_in_", None) == 1
+    pending, images, nbytes = [], [], 0
+    for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray):
+        if isinstance(got, ImageFailure):
+            if strict:  # the images before it still get their results
+                yield from _score_batch(detector, pending, images, with_maps)
+                raise _strict_error(got)
+            pending.append(ImageResult(i, path, error=got.reason))
+            continue
+        pending.append(ImageResult(i, path))
+        images.append(got)
+        nbytes += got.nbytes
+        if len(images) >= chunk_size or (nbytes >= CHUNK_BYTES and len(images) % batch == 0):
+            yield from _score_batch(detector, pending, images, with_maps)
+            pending, images, nbytes = [], [], 0
+    yield from _score_batch(detector, pending, images, with_maps)
+
+
+def _score_batch(detector, pending, images, with_maps):
+    maps = None
+    if images and with_maps:
+        maps, scores = detector.anomaly_map(images, return_scores=True)
+    elif images:
+        scores = detector.score_samples(images)
+    k = 0
+    for r in pending:
+        if r.error is None:
+            amap = maps[k] if maps is not None else None
+            r = r._replace(score=float(-scores[k]), map=amap)  # score_samples: lower = worse
+            k += 1
+        yield r
+
+
+def _strict_error(failure):
+    from ..exceptions import UnreadableImageError
+
+    return UnreadableImageError(
+        f"could not read image file '{failure.path}': {failure.reason}",
+        path=failure.path, reason=failure.reason,
+    )
+
+
+def _cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -1,0 +1,155 @@
+"""Output files that are complete or absent, never half-written.
+
+Every file is written under a hidden temporary name next to its final name
+(``.NAME.XXXX.tmp``, same folder, so the rename cannot cross file systems)
+and renamed at the end; an error or an interrupt removes the temporary file
+and leaves any earlier file of that name as it was. The CSV of
+``skpadim predict`` keeps what was done: on an error or an interrupt its
+complete rows are renamed to ``NAME.partial`` instead, a name no tool takes
+for the finished result.
+"""
+
+import contextlib
+import csv
+import io
+import os
+import sys
+import tempfile
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temporary(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    os.chmod(tmp, 0o666 & ~_umask())  # what open() would have given, not mkstemp's 0600
+    return fd, tmp
+
+
+def _sync_directory(path):
+    with contextlib.suppress(OSError, AttributeError):  # the rename survives a crash (POSIX)
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path, *, durable=True):
+    """A binary file object whose contents replace ``path`` when the block ends without error."""
+    fd, tmp = _temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        _sync_directory(path)
+
+
+def write_bytes(path, data, *, durable=False):
+    """``data`` to ``path`` atomically (pictures: no fsync, the rename is enough)."""
+    with atomic_file(path, durable=durable) as f:
+        f.write(data)
+
+
+def write_text(path, text):
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+class CSVOutput:
+    """The CSV rows of a run, to stdout or to a file that is complete or absent.
+
+    Rows are written, and flushed, as they come. For a file, they go to a
+    temporary file renamed to ``path`` by :meth:`commit`; :meth:`abort`
+    (after an error or an interrupt) keeps the complete rows as
+    ``path + ".partial"``, or removes everything when there are none. A
+    line is counted only once written whole, and the file is cut back to
+    the last whole line, so no line is ever half-written.
+    """
+
+    def __init__(self, path, header):
+        self.path = path
+        self.rows = 0
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+        if path is None:
+            self._file, self._tmp = sys.stdout, None
+        else:
+            fd, self._tmp = _temporary(path)
+            self._file = os.fdopen(fd, "wb")
+        self._complete = 0  # bytes of whole lines written (file only)
+        self._write(header)
+
+    def _write(self, row):
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(row)
+        line = self._buffer.getvalue()
+        if self._tmp is None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            data = line.encode("utf-8")
+            self._file.write(data)
+            self._complete += len(data)
+
+    def write(self, row):
+        self._write(row)
+        self.rows += 1
+
+    def flush(self):
+        self._file.flush()
+
+    def commit(self):
+        """Finish: the file gets its final name."""
+        if self._tmp is None:
+            self._file.flush()
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._tmp = None
+        _sync_directory(self.path)
+        with contextlib.suppress(OSError):  # a leftover of an earlier interrupted run
+            os.unlink(self.path + PARTIAL_SUFFIX)
+
+    def abort(self):
+        """Stop after an error or an interrupt; return the path of the partial file, or None."""
+        if self._tmp is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._file.flush()
+            return None
+        tmp, self._tmp = self._tmp, None
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()  # flushes what is buffered, perhaps part of a line
+        try:
+            if self.rows == 0:
+                raise OSError("no rows")
+            os.truncate(tmp, self._complete)  # back to the last whole line
+            partial = self.path + PARTIAL_SUFFIX
+            os.replace(tmp, partial)
+            return partial
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return None
