@@ -225,6 +225,10 @@ def build_parser():
                    help="false-positive-rate limit of the AUPRO (default: 0.3)")
     _run_options(p)
 
+    from . import _cli_export
+
+    _cli_export.add_parser(sub)
+
     p = _add(sub, "info", "describe a model file", _INFO_EPILOG)
     p.add_argument("model", metavar="MODEL", help="model file written by skpadim fit")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
@@ -264,6 +268,7 @@ def main(argv=None):
         "predict": _cli_commands.run_predict,
         "evaluate": _cli_commands.run_evaluate,
         "info": _cli_commands.run_info,
+        "export": _cli_export_run,
     }[args.command]
     debug = os.environ.get("SKPADIM_DEBUG", "") not in ("", "0")
     with warnings.catch_warnings():
@@ -288,6 +293,12 @@ def main(argv=None):
             print(f"skpadim: error: {_one_line(exc)}", file=sys.stderr)
             return 1
     return 0
+
+
+def _cli_export_run(args):
+    from ._cli_export import run
+
+    run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
