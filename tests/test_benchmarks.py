@@ -20,6 +20,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("speed.py", ["fit, streaming loop only", "score_samples", "end: calibration"]),
         ("precision_kernels.py", ["cholesky_inverse [library]", "distances_of(64 images, held_out=True)"]),
         ("memory.py", ["joblib"]),
+        pytest.param("export.py", ["onnxruntime int8", "openvino (IR folder)", "ONNX file"],
+                     marks=[pytest.mark.onnx, pytest.mark.openvino]),
     ],
 )
 def test_quick_mode_runs(script, expected, tmp_path):

@@ -10,5 +10,6 @@ graph is traced from the fitted detector) and the ``onnx`` package
 
 from ._onnx import to_onnx
 from ._openvino import to_openvino
+from ._quantize import quantize_int8
 
-__all__ = ["to_onnx", "to_openvino"]
+__all__ = ["quantize_int8", "to_onnx", "to_openvino"]
