@@ -296,3 +296,39 @@ def test_openvino_ir_and_onnx_through_openvino(det, exported, data, tmp_path):
     with pytest.raises(FormatError, match="does not match the size and SHA-256"):
         load(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir", "other"]
+
+
+def test_quantize_int8_keeps_the_gaussian_model_exact(det, exported, data, tmp_path):
+    from onnx import numpy_helper
+
+    from skpadim.export import quantize_int8
+
+    X, X_test = data
+    out = quantize_int8(exported, tmp_path / "int8.onnx", X[:40])
+    runtime = OnnxDetector(out)
+    q = runtime.config_["quantized"]
+    assert q["n_calibration_images"] == 40 and q["n_convolutions"] >= 10
+    assert runtime.offset_ == det.offset_
+    model = onnx.load(out)
+    init = {t.name: t for t in model.graph.initializer}
+    np.testing.assert_array_equal(numpy_helper.to_array(init["precision_t"]), det.precision_.transpose(0, 2, 1))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantized = [n for n in convs if producers.get(n.input[1]) is not None
+                 and producers[n.input[1]].op_type == "DequantizeLinear"]
+    smoothing = [n for n in convs if n not in quantized]
+    assert len(quantized) == q["n_convolutions"] and len(smoothing) == 2  # the Gaussian blur stays float
+    matmul = [n for n in model.graph.node if n.op_type == "MatMul"]
+    assert len(matmul) == 1 and all(
+        producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in matmul[0].input)
+    # Normal images score about as before; the defects (saturated pixels,
+    # beyond the activation range calibrated on good images) score lower,
+    # clipped, but still far below every normal image.
+    scores, eager = runtime.score_samples(X_test), det.score_samples(X_test)
+    assert 0 < _rel(scores[4:], eager[4:]) < 0.1
+    assert scores[:4].max() < 1.5 * scores[4:].min()
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_int8(out, tmp_path / "again.onnx", X[:4])
+    to_onnx(det, tmp_path / "side.onnx", external_data_threshold=0)
+    with pytest.raises(ValueError, match="side file"):
+        quantize_int8(tmp_path / "side.onnx", tmp_path / "q2.onnx", X[:4])

@@ -1,6 +1,7 @@
 """The deployment twin of PadimDetector's prediction methods (numpy, no torch)."""
 
 import json
+import numbers
 import os
 
 import numpy as np
@@ -28,12 +29,16 @@ def to_float(arr):
     return np.ascontiguousarray(x)
 
 
+def _check_batch_size(batch_size):
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"The 'batch_size' parameter must be a positive int; got {batch_size!r}.")
+
+
 class _ExportedDetector:
     """Prediction methods shared by the exported formats (see :class:`OnnxDetector`)."""
 
     def __init__(self, path, config, engine, batch_size):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"The 'batch_size' parameter must be a positive int; got {batch_size!r}.")
+        _check_batch_size(batch_size)
         self.path = path
         self.config_ = config
         self.batch_size = batch_size
@@ -48,6 +53,7 @@ class _ExportedDetector:
     # ------------------------------------------------------------ batches
 
     def _batches(self, X):
+        _check_batch_size(self.batch_size)
         images = check_images(X)
         fitted = self.n_channels_in_
         if fitted is not None and images.n_channels is not None and images.n_channels != fitted:

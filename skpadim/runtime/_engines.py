@@ -55,14 +55,19 @@ class OrtEngine:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"onnxruntime cannot load '{path}': {str(exc).splitlines()[0]}") from None
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.input = self.session.get_inputs()[0].name
 
     def __call__(self, images):
-        maps, scores = self.session.run(self.outputs, {self.session.get_inputs()[0].name: images})
+        maps, scores = self.session.run(self.outputs, {self.input: images})
         return maps, scores
 
 
 class OpenVinoEngine:
-    """OpenVINO on the CPU, from an ONNX file or an IR ``model.xml``."""
+    """OpenVINO on the CPU, from an ONNX file or an IR ``model.xml``.
+
+    One infer request: calls from several threads at once must not share an
+    engine (an onnxruntime session may be shared).
+    """
 
     def __init__(self, path, n_threads=None, inference_precision="f32"):
         try:
