@@ -118,20 +118,25 @@ def run_backbone(name, args, data, lines):
             start = time.perf_counter()
             fn()
             timing[key] = time.perf_counter() - start
-        variants = {
-            "eager (torch)": det,
-            "onnxruntime": OnnxDetector(paths["onnx"]),
-            "openvino (onnx file)": OnnxDetector(paths["onnx"], backend="openvino"),
-            "openvino (IR folder)": OpenVinoDetector(paths["ir"]),
-            "onnxruntime int8": OnnxDetector(paths["int8"]),
-            "openvino int8": OnnxDetector(paths["int8"], backend="openvino"),
+        openers = {
+            "onnxruntime": lambda: OnnxDetector(paths["onnx"]),
+            "openvino (onnx file)": lambda: OnnxDetector(paths["onnx"], backend="openvino"),
+            "openvino (IR folder)": lambda: OpenVinoDetector(paths["ir"]),
+            "onnxruntime int8": lambda: OnnxDetector(paths["int8"]),
+            "openvino int8": lambda: OnnxDetector(paths["int8"], backend="openvino"),
         }
+        variants, open_s = {"eager (torch)": det}, {}
+        for label, opener in openers.items():
+            start = time.perf_counter()
+            variants[label] = opener()
+            open_s[label] = time.perf_counter() - start
         lines += ["", f"### {description}", "",
                   f"{len(train)} training images, fitted in {fit_s:.0f} s; {len(test)} test images "
                   f"({int(np.sum(y))} defective); n_features={len(det.feature_index_)}, "
                   f"grid {det.feature_map_shape_[0]}x{det.feature_map_shape_[1]}, image_size {det.image_size}. "
                   f"Export: ONNX {timing['onnx']:.1f} s, IR {timing['ir']:.1f} s, INT8 calibration on "
-                  f"{min(len(train), args.n_calibration)} training images {timing['int8']:.1f} s.", ""]
+                  f"{min(len(train), args.n_calibration)} training images {timing['int8']:.1f} s. Opening "
+                  "(file checks + session): " + ", ".join(f"{k} {v:.1f} s" for k, v in open_s.items()) + ".", ""]
         # Parity and metrics.
         results = {}
         for label, v in variants.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SMALL, textured
+from conftest import textured
 
 pytest.importorskip("onnx", reason="the export extra (in the test extra) is not installed")
 pytest.importorskip("onnxruntime")
@@ -81,12 +81,10 @@ def test_resize_against_a_slow_float64_reference():
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from skpadim import PadimDetector
+def exported(fitted, tmp_path_factory):
     from skpadim.export import to_onnx
 
-    X = textured(70, size=40, seed=5)
-    det = PadimDetector(**SMALL).fit(X)
+    det = fitted  # conftest's session detector (32 px, resized from 40 px below)
     root = tmp_path_factory.mktemp("rt")
     to_onnx(det, root / "model.onnx", external_data_threshold=0)
     det.save(root / "model.skpadim")
@@ -174,7 +172,11 @@ def test_cli_export_openvino(exported, tmp_path, capsys):
 
     det, root = exported
     out = tmp_path / "ir"
-    assert main(["export", str(root / "model.skpadim"), "--out", str(out), "--format", "openvino"]) == 0
+    out.mkdir()
+    for name in ("model.xml", "model.bin", "skpadim.json"):  # an earlier export: replaced
+        (out / name).write_text("old")
+    assert main(["export", str(root / "model.skpadim"), "--out", str(out) + os.sep]) == 0
     assert "OpenVINO folder" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"]  # no temporary left
     X = textured(4, size=40, seed=8)
     assert np.abs(load(out).score_samples(X) - det.score_samples(X)).max() < 1e-4
