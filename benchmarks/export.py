@@ -119,11 +119,11 @@ def run_backbone(name, args, data, lines):
             fn()
             timing[key] = time.perf_counter() - start
         openers = {
-            "onnxruntime": lambda: OnnxDetector(paths["onnx"]),
-            "openvino (onnx file)": lambda: OnnxDetector(paths["onnx"], backend="openvino"),
-            "openvino (IR folder)": lambda: OpenVinoDetector(paths["ir"]),
-            "onnxruntime int8": lambda: OnnxDetector(paths["int8"]),
-            "openvino int8": lambda: OnnxDetector(paths["int8"], backend="openvino"),
+            "onnxruntime": lambda: OnnxDetector(paths["onnx"], n_threads=args.threads),
+            "openvino (onnx file)": lambda: OnnxDetector(paths["onnx"], backend="openvino", n_threads=args.threads),
+            "openvino (IR folder)": lambda: OpenVinoDetector(paths["ir"], n_threads=args.threads),
+            "onnxruntime int8": lambda: OnnxDetector(paths["int8"], n_threads=args.threads),
+            "openvino int8": lambda: OnnxDetector(paths["int8"], backend="openvino", n_threads=args.threads),
         }
         variants, open_s = {"eager (torch)": det}, {}
         for label, opener in openers.items():
@@ -137,50 +137,58 @@ def run_backbone(name, args, data, lines):
                   f"Export: ONNX {timing['onnx']:.1f} s, IR {timing['ir']:.1f} s, INT8 calibration on "
                   f"{min(len(train), args.n_calibration)} training images {timing['int8']:.1f} s. Opening "
                   "(file checks + session): " + ", ".join(f"{k} {v:.1f} s" for k, v in open_s.items()) + ".", ""]
-        # Parity and metrics.
-        results = {}
-        for label, v in variants.items():
-            maps, scores = v.anomaly_map(test, return_scores=True)
-            results[label] = (-scores, maps)
-        ref_scores, _ = results["eager (torch)"]
-        threshold = -det.offset_
-        rows = []
-        for label, (scores, maps) in results.items():
-            iauroc, pauroc, pro = _metrics(y, scores, masks, maps)
-            rel = np.abs(scores - ref_scores).max() / np.abs(ref_scores).max()
-            flips = int(np.sum((scores > threshold) != (ref_scores > threshold)))
-            rows.append([label, f"{rel:.1e}", flips, f"{iauroc:.4f}", f"{pauroc:.4f}", f"{pro:.4f}"])
-        lines += table(["variant", "max score diff / max score", "labels differing", "image AUROC",
-                        "pixel AUROC", "AUPRO"], rows)
-        # Throughput, interleaved.
-        images = test[: args.n_throughput]
-        times = {(label, b): [] for label in variants for b in (1, 32)}
-        for label, v in variants.items():  # warm-up: first-run allocations, lazy compilation
-            v.batch_size = 32
-            v.predict(images[:4])
-        for _ in range(args.rounds):
-            for b in (1, 32):
-                for label, v in variants.items():
-                    v.batch_size = b
-                    start = time.perf_counter()
-                    v.predict(images)
-                    times[(label, b)].append(time.perf_counter() - start)
-        eager = {b: len(images) / median(times[("eager (torch)", b)]) for b in (1, 32)}
-        rows = []
-        for label in variants:
-            cells = [label]
-            for b in (1, 32):
-                rate = len(images) / median(times[(label, b)])
-                cells += [f"{rate:.1f}", f"{rate / eager[b]:.2f}x"]
-            rows.append(cells)
-        lines += ["", f"predict on {len(images)} images, {args.rounds} interleaved rounds, median:", ""]
-        lines += table(["variant", "img/s, batch 1", "vs eager", "img/s, batch 32", "vs eager"], rows)
+        if not args.throughput_only:
+            _parity(det, variants, test, y, masks, lines)
+        _throughput(variants, test, args, lines)
         sizes = [("save file (.skpadim)", paths["save"]), ("ONNX file", paths["onnx"]),
                  ("OpenVINO IR folder", paths["ir"]), ("ONNX int8 file", paths["int8"])]
         lines += ["", "File sizes:", ""]
         lines += table(["file", "size"], [[k, _mb(_dir_size(p))] for k, p in sizes])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parity(det, variants, test, y, masks, lines):
+    results = {}
+    for label, v in variants.items():
+        maps, scores = v.anomaly_map(test, return_scores=True)
+        results[label] = (-scores, maps)
+    ref_scores, _ = results["eager (torch)"]
+    threshold = -det.offset_
+    rows = []
+    for label, (scores, maps) in results.items():
+        iauroc, pauroc, pro = _metrics(y, scores, masks, maps)
+        rel = np.abs(scores - ref_scores).max() / np.abs(ref_scores).max()
+        flips = int(np.sum((scores > threshold) != (ref_scores > threshold)))
+        rows.append([label, f"{rel:.1e}", flips, f"{iauroc:.4f}", f"{pauroc:.4f}", f"{pro:.4f}"])
+    lines += table(["variant", "max score diff / max score", "labels differing", "image AUROC",
+                    "pixel AUROC", "AUPRO"], rows)
+
+
+def _throughput(variants, test, args, lines):
+    images = test[: args.n_throughput]
+    times = {(label, b): [] for label in variants for b in (1, 32)}
+    for label, v in variants.items():  # warm-up: first-run allocations, lazy compilation
+        v.batch_size = 32
+        v.predict(images[:4])
+    for _ in range(args.rounds):
+        for b in (1, 32):
+            for label, v in variants.items():
+                v.batch_size = b
+                start = time.perf_counter()
+                v.predict(images)
+                times[(label, b)].append(time.perf_counter() - start)
+    eager = {b: len(images) / median(times[("eager (torch)", b)]) for b in (1, 32)}
+    rows = []
+    for label in variants:
+        cells = [label]
+        for b in (1, 32):
+            rate = len(images) / median(times[(label, b)])
+            cells += [f"{rate:.1f}", f"{rate / eager[b]:.2f}x"]
+        rows.append(cells)
+    threads = "default threads (all cores)" if args.threads is None else f"{args.threads} thread(s) each"
+    lines += ["", f"predict on {len(images)} images, {args.rounds} interleaved rounds, median, {threads}:", ""]
+    lines += table(["variant", "img/s, batch 1", "vs eager", "img/s, batch 32", "vs eager"], rows)
 
 
 def main(argv=None):
@@ -195,8 +203,15 @@ def main(argv=None):
     parser.add_argument("--n-throughput", type=int, default=64, help="test images per timed predict")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of every engine (torch.set_num_threads for eager); default: each one's own")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the parity and metrics table")
     parser.add_argument("--quick", action="store_true", help="synthetic images, one small model, one round")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.backbones, args.rounds, args.n_throughput = ["resnet18"], 1, 8
     import onnxruntime

@@ -12,12 +12,20 @@ def _smoothing_conv(node, shapes):
     return dims is not None and len(dims) == 4 and dims[0] == dims[1] == 1 and 1 in dims[2:]
 
 
+def _grouped_conv(node):
+    # Depthwise and other grouped convolutions (EfficientNet, MobileNet).
+    return any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+
 def quantize_int8(path, out, calibration_images, *, batch_size=8):
     """Write an INT8 copy of the ONNX export ``path`` to ``out``.
 
-    Only the backbone's convolutions are quantized (onnxruntime's static
-    post-training quantization, QDQ format: int8 weights per output channel,
-    uint8 activations calibrated by their min/max on ``calibration_images``).
+    Only the backbone's dense convolutions are quantized (onnxruntime's
+    static post-training quantization, QDQ format: int8 weights per output
+    channel, uint8 activations calibrated by their min/max on
+    ``calibration_images``); grouped (depthwise) convolutions stay float32:
+    quantizing them cost EfficientNet-Lite0 another 0.02 to 0.035 of image
+    AUROC on Magnetic Tile, for no measurable speed.
     Everything after the backbone stays float32: the per-position means and
     precision matrices, the Mahalanobis distances, the upsampling and the
     smoothing, so the Gaussian model is exactly the fitted one; what changes
@@ -71,7 +79,8 @@ def quantize_int8(path, out, calibration_images, *, batch_size=8):
 
     model = onnx.load(path)
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    convs = [n.name for n in model.graph.node if n.op_type == "Conv" and not _smoothing_conv(n, shapes)]
+    convs = [n.name for n in model.graph.node
+             if n.op_type == "Conv" and not _smoothing_conv(n, shapes) and not _grouped_conv(n)]
     directory = os.path.dirname(os.path.abspath(out))
     with tempfile.TemporaryDirectory(dir=directory, prefix=".quantize.") as tmp:
         quantized = os.path.join(tmp, "int8.onnx")
@@ -83,8 +92,8 @@ def quantize_int8(path, out, calibration_images, *, batch_size=8):
         model = onnx.load(quantized)
     config = dict(src.config_)
     config["quantized"] = {
-        "what": "backbone convolutions (weights int8 per channel, activations uint8); "
-                "means, precision matrices, distances and maps float32",
+        "what": "backbone dense convolutions (weights int8 per channel, activations uint8); "
+                "grouped convolutions, means, precision matrices, distances and maps float32",
         "method": "onnxruntime static post-training quantization, QDQ, min/max calibration",
         "n_calibration_images": Reader.n,
         "n_convolutions": len(convs),
