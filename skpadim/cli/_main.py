@@ -13,13 +13,13 @@ import sys
 import threading
 import warnings
 
-from . import _evaluate, _fit, _info, _predict
+from . import _evaluate, _export, _fit, _info, _predict
 from ._args import Parser
 from ._common import (
     EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, one_line,
 )
 
-COMMANDS = (_fit, _predict, _evaluate, _info)
+COMMANDS = (_fit, _predict, _evaluate, _info, _export)
 
 _DESCRIPTION = """\
 PaDiM anomaly detection on folders of images: fit a model on good images,
@@ -71,7 +71,7 @@ def _sigterm_as_interrupt():
 
 
 def build_parser():
-    """The argparse parser of ``skpadim`` (subcommands fit, predict, evaluate, info).
+    """The argparse parser of ``skpadim`` (subcommands fit, predict, evaluate, info, export).
 
     Returns
     -------

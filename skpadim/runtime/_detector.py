@@ -1,0 +1,329 @@
+"""The deployment twin of PadimDetector's prediction methods (numpy, no torch)."""
+
+import json
+import numbers
+import os
+
+import numpy as np
+
+from .._images import check_images
+from . import _format as fmt
+from ._engines import OpenVinoEngine, OrtEngine, check_options
+from ._resize import resize
+
+_KIND = {1: "grayscale (1 channel)", 3: "color (3 channels)"}
+
+
+def to_float(arr):
+    """(..., H, W[, C]) uint8/float -> float32 (..., 3, H, W) in [0, 1], as PadimDetector."""
+    if arr.dtype == np.uint8:
+        x = arr.astype(np.float32) / np.float32(255.0)
+    else:
+        x = arr.astype(np.float32)
+    x = np.moveaxis(x, -1, -3)
+    c = x.shape[-3]
+    if c == 1:
+        x = np.repeat(x, 3, axis=-3)
+    elif c == 4:
+        x = x[..., :3, :, :]
+    return np.ascontiguousarray(x)
+
+
+def _check_batch_size(batch_size):
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"The 'batch_size' parameter must be a positive int; got {batch_size!r}.")
+
+
+class _ExportedDetector:
+    """Prediction methods shared by the exported formats (see :class:`OnnxDetector`)."""
+
+    def __init__(self, path, config, engine, batch_size):
+        _check_batch_size(batch_size)
+        self.path = path
+        self.config_ = config
+        self.batch_size = batch_size
+        self.image_size = tuple(int(v) for v in config["image_size"])
+        self.n_channels_in_ = config.get("n_channels_in")
+        self.offset_ = float(config["offset"])
+        self._engine = engine
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.path!r}, image_size={self.image_size}, offset_={self.offset_:.6g})"
+
+    # ------------------------------------------------------------ batches
+
+    def _batches(self, X):
+        _check_batch_size(self.batch_size)
+        images = check_images(X)
+        fitted = self.n_channels_in_
+        if fitted is not None and images.n_channels is not None and images.n_channels != fitted:
+            raise ValueError(
+                f"X holds {_KIND[images.n_channels]} images, but the detector was fitted on "
+                f"{_KIND[fitted]} images. Convert X to the training images' channel count."
+            )
+        size = self.image_size
+        array = images._array
+        if array is not None:
+            gray = array.ndim == 3
+            for start in range(0, len(array), self.batch_size):
+                chunk = array[start : start + self.batch_size]
+                x = resize(to_float(chunk[..., None] if gray else chunk), size)
+                yield x, [tuple(chunk.shape[1:3])] * len(chunk)
+            return
+        for imgs in images.arrays(self.batch_size):
+            sizes = [tuple(im.shape[:2]) for im in imgs]
+            x = np.stack([resize(to_float(im if im.ndim == 3 else im[..., None]), size) for im in imgs])
+            yield x, sizes
+
+    def iter_anomaly_maps(self, X, *, maps=True):
+        """Yield ``(score_samples, maps)`` batch by batch, in the order of ``X``.
+
+        ``score_samples`` is an (B,) float64 array (minus each map's maximum);
+        ``maps`` a list of float32 maps at each image's own size, or None when
+        ``maps=False``. For progress bars and streaming over large folders.
+        """
+        for x, sizes in self._batches(X):
+            amaps, top = self._engine(x)
+            scores = -np.asarray(top, dtype=np.float64)
+            if not maps:
+                yield scores, None
+                continue
+            same = len(set(sizes)) == 1
+            if same and tuple(sizes[0]) == self.image_size:
+                out = list(amaps)
+            elif same:
+                out = list(resize(np.ascontiguousarray(amaps), sizes[0]))
+            else:
+                out = [resize(m[None], s)[0] for m, s in zip(amaps, sizes)]
+            yield scores, out
+
+    # ------------------------------------------------------------ methods
+
+    def anomaly_map(self, X, *, return_scores=False):
+        """Per-pixel anomaly maps at each image's own size, as ``PadimDetector.anomaly_map``.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+        return_scores : bool, default=False
+            Also return ``score_samples(X)`` from the same pass.
+
+        Returns
+        -------
+        maps : ndarray of shape (N, H, W), float32, or a list of (H_i, W_i)
+            arrays when the images have different sizes.
+        scores : ndarray of shape (N,), float64
+            Only with ``return_scores=True``.
+        """
+        out, scores = [], []
+        for s, maps in self.iter_anomaly_maps(X):
+            scores.append(s)
+            out.extend(maps)
+        if len({m.shape for m in out}) == 1:
+            out = np.stack(out)
+        return (out, np.concatenate(scores)) if return_scores else out
+
+    def score_samples(self, X):
+        """Minus the maximum of each image's anomaly map (lower = more abnormal).
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        scores : ndarray of shape (N,), float64
+        """
+        return np.concatenate([s for s, _ in self.iter_anomaly_maps(X, maps=False)])
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for predicted anomalies.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        scores : ndarray of shape (N,), float64
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """-1 for anomalous images, +1 for normal ones.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        labels : ndarray of shape (N,), int
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+
+class OnnxDetector(_ExportedDetector):
+    """A detector exported by :func:`skpadim.export.to_onnx`, run without torch.
+
+    The deployment twin of :class:`skpadim.PadimDetector` for prediction:
+    the same inputs (arrays, lists of images of any size, image paths), the
+    same decoding (:mod:`skpadim._images`) and the same antialiased bilinear
+    resize (re-implemented in numpy), the same outputs (maps at each input's
+    own size, scores, labels at ``offset_``). Needs numpy, Pillow and
+    onnxruntime (``pip install "skpadim[runtime]"``), or OpenVINO.
+
+    The file is checked when the detector is built: a file that is not a
+    skpadim export, a newer format version, a truncated or damaged file and a
+    missing or mismatched external-data file are refused with a ValueError
+    saying what to do.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file (its ``.data`` side file, if any, next to it).
+    backend : {"onnxruntime", "openvino"}, default="onnxruntime"
+        The inference engine; OpenVINO reads the ONNX file directly.
+    batch_size : int, default=32
+        Images per run of the graph.
+    n_threads : int, default=None
+        Threads of the engine (None: the engine's default, all cores).
+    inference_precision : {"f32", "bf16", "f16"}, default="f32"
+        OpenVINO only: reduced precision where the CPU supports it (faster,
+        not exact: measure it on your images, see docs/deploy.md).
+    providers : list, default=None
+        onnxruntime only: execution providers (default: the CPU).
+
+    Attributes
+    ----------
+    offset_ : float
+        ``decision_function = score_samples - offset_``; set it to move the
+        threshold.
+    image_size : (int, int)
+        The size images are resized to before the graph.
+    n_channels_in_ : int or None
+        1 or 3: the channel count of the training images (array inputs).
+    config_ : dict
+        Everything the file's metadata records (see docs/deploy.md).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from skpadim import PadimDetector
+    >>> from skpadim.datasets import make_anomaly_images
+    >>> from skpadim.export import to_onnx
+    >>> from skpadim.runtime import OnnxDetector
+    >>> X, y, _ = make_anomaly_images(12, 2, image_size=64, random_state=0)
+    >>> det = PadimDetector(weights=None, image_size=64, n_features=20, random_state=0).fit(X[y == 0])
+    >>> path = to_onnx(det, os.path.join(tempfile.mkdtemp(), "model.onnx"))
+    >>> onnx_det = OnnxDetector(path)
+    >>> onnx_det.anomaly_map([X[0], X[1][:40, :50]])[1].shape
+    (40, 50)
+    >>> bool((onnx_det.predict(X) == det.predict(X)).all())
+    True
+    """
+
+    def __init__(self, path, *, backend="onnxruntime", batch_size=32, n_threads=None,
+                 inference_precision="f32", providers=None):
+        check_options(backend, n_threads, inference_precision, type(self).__name__)
+        path = os.fspath(path)
+        config = fmt.read_onnx(path)
+        if backend == "onnxruntime":
+            engine = OrtEngine(path, n_threads, providers)
+        else:
+            engine = OpenVinoEngine(path, n_threads, inference_precision)
+        self.backend = backend
+        super().__init__(path, config, engine, batch_size)
+
+
+class OpenVinoDetector(_ExportedDetector):
+    """A detector exported by :func:`skpadim.export.to_openvino` (an IR folder).
+
+    Same methods and attributes as :class:`OnnxDetector`; needs OpenVINO
+    (``pip install "skpadim[openvino]"``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The folder written by ``to_openvino`` (model.xml, model.bin,
+        skpadim.json).
+    batch_size, n_threads, inference_precision : see :class:`OnnxDetector`.
+    """
+
+    def __init__(self, path, *, batch_size=32, n_threads=None, inference_precision="f32"):
+        check_options("openvino", n_threads, inference_precision, type(self).__name__)
+        path = os.fspath(path)
+        config = read_ir(path)
+        engine = OpenVinoEngine(os.path.join(path, fmt.IR_FILES[0]), n_threads, inference_precision)
+        self.backend = "openvino"
+        super().__init__(path, config, engine, batch_size)
+
+
+def read_ir(path):
+    """Check an OpenVINO export folder; return its config dict."""
+    if not os.path.isdir(path):
+        raise fmt.FormatError(f"'{path}' is not a folder; an OpenVINO export is a folder with model.xml, model.bin and skpadim.json.")
+    meta_path = os.path.join(path, fmt.IR_CONFIG)
+    if not os.path.isfile(meta_path):
+        raise fmt.FormatError(
+            f"'{path}' has no {fmt.IR_CONFIG}: it is not an OpenVINO export of skpadim "
+            "(write one with skpadim.export.to_openvino or skpadim export MODEL --format openvino)."
+        )
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise fmt.FormatError(f"'{meta_path}' is damaged ({exc}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt.IR_FORMAT:
+        raise fmt.FormatError(f"'{meta_path}' does not describe a skpadim OpenVINO export.")
+    config = fmt.check_header(path, {
+        "skpadim.format": fmt.FORMAT, "skpadim.format_version": str(meta.get("format_version")),
+        "skpadim.config": json.dumps(meta.get("config")),
+    })
+    for name in fmt.IR_FILES:
+        full = os.path.join(path, name)
+        spec = meta.get("files", {}).get(name, {})
+        if not os.path.isfile(full):
+            raise fmt.FormatError(f"'{path}' has no {name}; copy the whole folder.")
+        if os.path.getsize(full) != spec.get("size") or fmt.sha256_file(full) != spec.get("sha256"):
+            raise fmt.FormatError(
+                f"'{full}' does not match the size and SHA-256 recorded in {fmt.IR_CONFIG} "
+                "(truncated, damaged or from another export); copy or export it again."
+            )
+    return config
+
+
+def load(path, **kwargs):
+    """Open an exported detector: an ``.onnx`` file or an OpenVINO folder.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    **kwargs
+        Passed to :class:`OnnxDetector` or :class:`OpenVinoDetector`.
+
+    Returns
+    -------
+    detector : OnnxDetector or OpenVinoDetector
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return OpenVinoDetector(path, **kwargs)
+    return OnnxDetector(path, **kwargs)
+
+
+def is_exported(path):
+    """Whether ``path`` looks like an export (an ONNX file or an OpenVINO folder), by its name and magic.
+
+    For the command line: a PadimDetector.save file is a zip archive.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, fmt.IR_CONFIG))
+    if path.lower().endswith(".onnx"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) not in (b"PK\x03\x04", b"")
+    except OSError:
+        return False
