@@ -68,7 +68,7 @@ class Embedder:
         )
 
     def kept_item_bytes(self):
-        return 4 * sum(n * h * w for n, h, w in self.patches._kept_shapes)
+        return 4 * sum(n * h * w for n, h, w in self.patches.kept_shapes)
 
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
@@ -219,7 +219,7 @@ class FittedState:
             "sample.keys": self.sample.keys,
             "sample.ids": self.sample.ids,
         }
-        kept = self.embedder.patches._kept_shapes
+        kept = self.embedder.patches.kept_shapes
         layers = [i for i, (c, _, _) in enumerate(kept) if c]
         for j, i in enumerate(layers):
             arrays[f"sample.layer{i}"] = (
