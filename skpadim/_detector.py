@@ -364,8 +364,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         """
         state = _fitted_state(self)
         _params.check_contamination(contamination, "PadimDetector.recalibrate")
-        state.offset = state.offset_for(contamination)
-        state.contamination = contamination
+        state.recalibrate(contamination)
         self.contamination = contamination
         return self
 

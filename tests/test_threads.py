@@ -198,3 +198,26 @@ def test_one_worker_pool_for_every_call(det):
         det.score_samples(TEST)
         det.anomaly_map(TEST[:3])
     assert workers() == first  # the same threads, none started per batch or per call
+
+
+def test_the_allocator_is_left_alone():
+    """The estimator never imports the allocator tuning; a program may call it for itself."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, 'tests')\n"
+        "from conftest import SMALL, textured\n"
+        "from skpadim import PadimDetector\n"
+        "det = PadimDetector(**SMALL).fit(textured(4)); det.score_samples(textured(2))\n"
+        "assert 'skpadim._engine.heap' not in sys.modules\n"
+        "from skpadim._engine.heap import tune_process_allocator\n"
+        "print(tune_process_allocator())\n"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import platform
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert proc.stdout.strip() == str(glibc)

@@ -56,6 +56,11 @@ class PatchEmbedding:
         self._local = threading.local()  # the calling thread's buffer
 
     @property
+    def kept_shapes(self):
+        """(kept channels, h, w) of every layer: the shapes of :meth:`kept_channels`' tensors."""
+        return list(self._kept_shapes)
+
+    @property
     def n_positions(self):
         return self.grid[0] * self.grid[1]
 

@@ -30,7 +30,7 @@ from .calibration import CAPACITY, CalibrationSample, flagged_fraction, n_held_o
 from .embedding import PatchEmbedding
 from .gaussian import GaussianStats
 from .maps import anomaly_maps
-from .persist import backbone_weights, model_weights, pack, rebuild_backbone, unpack
+from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
 
@@ -68,7 +68,7 @@ class Embedder:
         )
 
     def kept_item_bytes(self):
-        return 4 * sum(n * h * w for n, h, w in self.patches._kept_shapes)
+        return 4 * sum(n * h * w for n, h, w in self.patches.kept_shapes)
 
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
@@ -175,7 +175,6 @@ class FittedState:
     def calibrate(self, sigma, contamination):
         """Score the held-out calibration images and set the offset."""
         self.sigma = float(sigma)
-        self.contamination = contamination if isinstance(contamination, str) else float(contamination)
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
         emb = self.embedder.patches.embed_kept(items).to(self.stats.outer.device)
@@ -183,7 +182,7 @@ class FittedState:
         dist = dist.T.float().reshape(-1, *self.grid).to(self.embedder.device)
         maps = anomaly_maps(dist, self.embedder.image_size, self.sigma)
         self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()
-        self.offset = offset_for(self.calibration, contamination)
+        self.recalibrate(contamination)
 
     def finalize(self, epsilon, sigma, contamination):
         self.fit_gaussians(epsilon)
@@ -197,6 +196,11 @@ class FittedState:
 
     def offset_for(self, contamination):
         return offset_for(self.calibration, contamination)
+
+    def recalibrate(self, contamination):
+        """Set the offset for another contamination (the calibration scores stay)."""
+        self.offset = self.offset_for(contamination)
+        self.contamination = contamination if isinstance(contamination, str) else float(contamination)
 
     def flagged_fraction(self, offset):
         return flagged_fraction(self.calibration, offset)
@@ -215,7 +219,7 @@ class FittedState:
             "sample.keys": self.sample.keys,
             "sample.ids": self.sample.ids,
         }
-        kept = self.embedder.patches._kept_shapes
+        kept = self.embedder.patches.kept_shapes
         layers = [i for i, (c, _, _) in enumerate(kept) if c]
         for j, i in enumerate(layers):
             arrays[f"sample.layer{i}"] = (
@@ -288,8 +292,6 @@ def unpickled(attributes):
 
 def load_options(est, meta):
     """``from_arrays`` keywords for an unpickled detector: its device and custom module."""
-    from .persist import load_device
-
     module = est.backbone if isinstance(est.backbone, torch.nn.Module) else None
     return {"device": load_device(meta["spec"]["device"], est.device), "module": module}
 
