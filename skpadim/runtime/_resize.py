@@ -97,8 +97,8 @@ def resize(x, size):
     >>> import numpy as np
     >>> from skpadim.runtime import resize
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
-    >>> resize(x, (2, 2)).round(4).tolist()
-    [[[2.5, 4.5], [10.5, 12.5]]]
+    >>> resize(x, (2, 2)).astype(float).round(3).tolist()  # each output averages a 4 x 4 window
+    [[[3.571, 5.143], [9.857, 11.429]]]
     """
     if x.dtype != _F:
         raise ValueError(f"resize expects a float32 array, got dtype {x.dtype}.")
