@@ -1,18 +1,18 @@
 """Throughput of PadimDetector.fit / score_samples against the bare backbone.
 
 For each backbone, the same images (``make_anomaly_images``, uint8, computed
-once) go through five variants, interleaved round by round so that
-background load hits all of them alike (A, B, C, D, E, A, B, ...):
+once) go through four variants, interleaved round by round so that
+background load hits all of them alike (A, B, C, D, A, B, ...):
 
-* ``backbone, plain``: the detector's own torch module (its fitted
+* ``backbone``: the detector's own torch module (its fitted
   ``backbone_``) run up to its last PaDiM layer (torchvision's
   ``create_feature_extractor`` on ``layers_``, which drops every layer after
   it), same batches and preprocessing (uint8 -> float / 255, ImageNet
   normalization), under ``torch.inference_mode()``: the forward work PaDiM
-  cannot avoid.
-* ``backbone, heap_reuse``: the same inside ``skpadim._engine.heap.heap_reuse()``,
-  the allocator setting the detector uses around its own loops.
-* ``backbone, heap_reuse, profiled``: the same under ``torch.profiler``; the
+  cannot avoid. Same process, same allocator settings as the detector
+  (glibc's defaults unless the process was started with tuned ones, see
+  ``benchmarks/allocator.py``).
+* ``backbone, profiled``: the same under ``torch.profiler``; the
   difference with the previous row is the profiler's own cost on the same
   forward work.
 * ``fit``: ``PadimDetector.fit``, under ``torch.profiler``.
@@ -27,7 +27,7 @@ runs from the start of the first ``decode`` to the end of the last
 ``update``; what no range covers (building the backbone, checking the input,
 copies to numpy) is reported as "other". Nothing in the library is replaced
 or subclassed. Medians over the rounds are reported; ratios are throughputs
-divided by the bare backbone's (heap_reuse variant; plain in brackets). The
+divided by the bare backbone's. The
 CPU columns come from ``getrusage(RUSAGE_SELF)`` (user + sys of all threads,
 and minor page faults): on a machine shared with other jobs, wall time also
 counts the time spent waiting for a core and CPU time mostly does not, so
@@ -43,7 +43,6 @@ Usage::
 """
 
 import argparse
-import contextlib
 import gc
 import os
 import resource
@@ -55,11 +54,11 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
 
 from skpadim import PadimDetector  # noqa: E402
-from skpadim._engine.heap import heap_reuse  # noqa: E402
 from skpadim.datasets import make_anomaly_images  # noqa: E402
 
 from _common import Report, environment, load_average, machine_header, median, spread  # noqa: E402
@@ -106,11 +105,11 @@ def profiled(fn):
     return {"total": total, "usage": usage, "stages": stages, "calls": calls, "loop": loop}
 
 
-def bare_backbone(extractor, X, batch_size, reuse):
+def bare_backbone(extractor, X, batch_size):
     """The detector's preprocessing + forward pass up to the last PaDiM layer."""
     mean = torch.tensor(_IMAGENET[0]).view(1, 3, 1, 1)
     std = torch.tensor(_IMAGENET[1]).view(1, 3, 1, 1)
-    with heap_reuse() if reuse else contextlib.nullcontext(), torch.inference_mode():
+    with torch.inference_mode():
         for start in range(0, len(X), batch_size):
             chunk = X[start : start + batch_size]
             x = torch.from_numpy(np.ascontiguousarray(chunk)).to(torch.float32).div_(255.0)
@@ -124,20 +123,24 @@ def run_backbone(name, n_features, X, args, repeats):
     # Warm-up (oneDNN primitives, allocator) on one batch, not measured.
     det.fit(X[: args.batch_size])
     det.score_samples(X[: args.batch_size])
-    extractor = create_feature_extractor(det.backbone_, return_nodes=list(det.layers_)).eval()
-    bare_backbone(extractor, X[: args.batch_size], args.batch_size, reuse=True)
+    # The fitted backbone_ keeps only the modules up to its last layer; the
+    # extractor is traced on the full torchvision model holding the same
+    # weights (the layers after the last tapped one are pruned from the graph).
+    full = torchvision.models.get_model(name, weights=None)
+    full.load_state_dict(det.backbone_.state_dict(), strict=False)
+    extractor = create_feature_extractor(full, return_nodes=list(det.layers_)).eval()
+    bare_backbone(extractor, X[: args.batch_size], args.batch_size)
     print(f"  [{name}] warm-up done; load {load_average()}", file=sys.stderr, flush=True)
 
-    runs = {"plain": [], "reuse": [], "reuse_profiled": [], "fit": [], "score": []}
+    runs = {"backbone": [], "backbone_profiled": [], "fit": [], "score": []}
     for r in range(repeats):
-        for key, reuse in (("plain", False), ("reuse", True)):
-            wall, usage = _timed(lambda: bare_backbone(extractor, X, args.batch_size, reuse))
-            runs[key].append({"total": wall, "usage": usage})
-        runs["reuse_profiled"].append(profiled(lambda: bare_backbone(extractor, X, args.batch_size, True)))
+        wall, usage = _timed(lambda: bare_backbone(extractor, X, args.batch_size))
+        runs["backbone"].append({"total": wall, "usage": usage})
+        runs["backbone_profiled"].append(profiled(lambda: bare_backbone(extractor, X, args.batch_size)))
         runs["fit"].append(profiled(lambda: det.fit(X)))
         runs["score"].append(profiled(lambda: det.score_samples(X)))
-        print(f"  [{name}] round {r + 1}/{repeats}: backbone plain {runs['plain'][-1]['total']:.2f}s, "
-              f"heap_reuse {runs['reuse'][-1]['total']:.2f}s, fit {runs['fit'][-1]['total']:.2f}s "
+        print(f"  [{name}] round {r + 1}/{repeats}: backbone {runs['backbone'][-1]['total']:.2f}s, "
+              f"fit {runs['fit'][-1]['total']:.2f}s "
               f"(loop {runs['fit'][-1]['loop']:.2f}s), score {runs['score'][-1]['total']:.2f}s; "
               f"load {load_average()}", file=sys.stderr, flush=True)
     return runs
@@ -154,39 +157,38 @@ def _raw(runs):
 
 def report_backbone(report, name, n_features, N, runs, args):
     fits, scores = runs["fit"], runs["score"]
-    plain, reuse = _med(runs["plain"], "total"), _med(runs["reuse"], "total")
-    profiled_reuse = _med(runs["reuse_profiled"], "total")
+    bare = _med(runs["backbone"], "total")
+    profiled_bare = _med(runs["backbone_profiled"], "total")
     fit_total, fit_loop, score_total = _med(fits, "total"), _med(fits, "loop"), _med(scores, "total")
     fixed = median([f["total"] - f["loop"] for f in fits])
     ips = lambda s: N / s  # noqa: E731
-    b, bp = ips(reuse), ips(plain)
+    b = ips(bare)
 
     def usage(variant):
         """Median (CPU s, sys s, minor faults) of a variant's rounds."""
         return np.median(np.stack([r["usage"] for r in variant]), axis=0)
 
-    b_cpu = usage(runs["reuse"])[0]
+    b_cpu = usage(runs["backbone"])[0]
 
     def row(label, secs, seconds_list, use=None):
         tput = ips(secs)
         cols = ["-"] * 3 if use is None else [
             f"{use[0]:.1f} ({use[1]:.1f})", f"{use[2] / N:,.0f}", f"{b_cpu / use[0]:.2f}"]
         return [label, f"{secs:.2f}", spread(seconds_list), f"{tput:.2f}",
-                f"{tput / b:.2f} ({tput / bp:.2f})"] + cols
+                f"{tput / b:.2f}"] + cols
 
     report.text(["", f"### {name}, n_features={n_features}, N={N} images, {args.image_size} px, "
                  f"batch {args.batch_size}, {len(fits)} rounds", ""])
     report.table(f"{name}/variants",
-                 ["variant", "median s", "min-max s", "images/s", "ratio vs backbone (vs plain)",
+                 ["variant", "median s", "min-max s", "images/s", "ratio vs backbone",
                   "CPU s (of which sys)", "page faults / image", "CPU-time ratio"],
                  [row(label, _med(v, "total"), [x["total"] for x in v], usage(v)) for label, v in (
-                     ("backbone, plain", runs["plain"]), ("backbone, heap_reuse", runs["reuse"]),
-                     ("backbone, heap_reuse, profiled", runs["reuse_profiled"]),
+                     ("backbone", runs["backbone"]), ("backbone, profiled", runs["backbone_profiled"]),
                      ("fit, end to end", fits))]
                  + [row("fit, streaming loop only", fit_loop, [f["loop"] for f in fits]),
                     row("score_samples", score_total, [s["total"] for s in scores], usage(scores))])
-    lines = ["", f"Plain / heap_reuse backbone time: {plain / reuse:.2f}x. Profiler overhead on the "
-             f"backbone's forward work: {100 * (profiled_reuse / reuse - 1):+.1f}%. Fixed cost of fit "
+    lines = ["", "Profiler overhead on the "
+             f"backbone's forward work: {100 * (profiled_bare / bare - 1):+.1f}%. Fixed cost of fit "
              f"(everything but the streaming loop), measured: {fixed:.1f} s (range "
              f"{spread([f['total'] - f['loop'] for f in fits])}), independent of N."]
     stream_rate = ips(fit_loop)
@@ -237,11 +239,11 @@ def report_backbone(report, name, n_features, N, runs, args):
 
     verdict = {"fit streaming loop": stream_rate / b, f"fit end to end (N={N})": ips(fit_total) / b,
                "score_samples": ips(score_total) / b}
-    paired_loop = median([p["total"] / f["loop"] for p, f in zip(runs["reuse"], fits)])
-    paired_score = median([p["total"] / s["total"] for p, s in zip(runs["reuse"], scores)])
+    paired_loop = median([p["total"] / f["loop"] for p, f in zip(runs["backbone"], fits)])
+    paired_score = median([p["total"] / s["total"] for p, s in zip(runs["backbone"], scores)])
     share_loop = median([f["stages"]["backbone"] / f["loop"] for f in fits])
     share_score = median([s["stages"]["backbone"] / s["total"] for s in scores])
-    report.text(["", f"Target >= {TARGET:.2f} x backbone (heap_reuse): "
+    report.text(["", f"Target >= {TARGET:.2f} x backbone: "
                  + "; ".join(f"{k} {v:.2f} {'MET' if v >= TARGET else 'NOT MET'}" for k, v in verdict.items()),
                  f"Median of per-round ratios: fit streaming loop {paired_loop:.2f}, score_samples "
                  f"{paired_score:.2f}. Backbone share of the time inside the call (the ratio if the "
@@ -283,7 +285,7 @@ def main(argv=None):
     report.text(machine_header(report.env, [
         f"images: make_anomaly_images({n_max}, 0, image_size={args.image_size}, random_state=0), uint8, "
         "precomputed; weights=None (random), random_state=0, device='cpu'",
-        "variants interleaved per round (backbone plain, backbone heap_reuse, the same profiled, fit, "
+        "variants interleaved per round (backbone, backbone profiled, fit, "
         "score_samples); medians reported",
     ]))
     for name, n_features, N in plan:
