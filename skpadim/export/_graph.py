@@ -36,9 +36,8 @@ def fitted_facts(det):
     """What the graph needs from a fitted detector, from public attributes first.
 
     The normalization pair, the image size, ``sigma`` and the layer shapes
-    are the values fixed at fit (private ``_norm``, ``_image_size``,
-    ``_sigma``, ``_shapes``) when present, else derived from the parameters
-    and a probe of the backbone.
+    are the values fixed at fit (the detector's fitted state) when present,
+    else derived from the parameters and a probe of the backbone.
     """
     for name in ("mean_", "precision_", "feature_index_", "feature_map_shape_", "layers_", "backbone_", "offset_"):
         if not hasattr(det, name):
@@ -46,13 +45,24 @@ def fitted_facts(det):
                 f"The detector has no attribute {name!r}: export needs a fitted PadimDetector "
                 "(call fit first, or load a saved one with PadimDetector.load)."
             )
+    state = det.__dict__.get("_state")
+    if state is not None:  # the values fixed at fit, whatever set_params did since
+        norm = state.spec["normalize"]
+        return {
+            "image_size": tuple(int(v) for v in state.spec["image_size"]),
+            "norm": None if norm is None else (tuple(norm[0]), tuple(norm[1])),
+            "sigma": float(state.sigma),
+            "epsilon": float(state.epsilon),
+            "shapes": [tuple(int(v) for v in s) for s in state.spec["shapes"]],
+        }
     size = tuple(getattr(det, "_image_size", None) or image_size_pair(det.image_size))
     norm = getattr(det, "_norm", "unset")
     if norm == "unset":
         norm = normalization(det.normalize)
     sigma = float(getattr(det, "_sigma", det.sigma))
     epsilon = float(getattr(det, "_epsilon", det.epsilon))
-    return {"image_size": size, "norm": norm, "sigma": sigma, "epsilon": epsilon}
+    return {"image_size": size, "norm": norm, "sigma": sigma, "epsilon": epsilon,
+            "shapes": getattr(det, "_shapes", None)}
 
 
 def _nearest_index(n_in, n_out):
@@ -78,7 +88,7 @@ class PadimGraph(nn.Module):
         model = copy.deepcopy(det.backbone_).cpu().float().eval().requires_grad_(False)
         self.backbone = model
         self._taps = LayerTaps(model, det.layers_)
-        shapes = getattr(det, "_shapes", None)
+        shapes = facts["shapes"]
         if shapes is None:
             shapes = probe_shapes(self._taps, self.image_size, torch.device("cpu"))
         norm = facts["norm"]
