@@ -142,10 +142,16 @@ def test_info_text_and_json(work, capsys):
     assert info["file_size_bytes"] == (root / "model.skpadim").stat().st_size
     model = PadimDetector.load(root / "model.skpadim")
     assert info["threshold"] == pytest.approx(-model.offset_)
+    assert info["calibration_images"] == len(model.calibration_scores_) >= 1
+    assert info["calibration_flagged"] == pytest.approx(model.flagged_fraction())
+    by_c = info["thresholds_by_contamination"]
+    assert list(by_c) == ["0.01", "0.02", "0.05", "0.1", "0.2"]
+    assert by_c["0.05"] == pytest.approx(-model.offset_for(0.05))
+    assert all(a >= b for a, b in zip(list(by_c.values()), list(by_c.values())[1:]))  # more flagged, lower
     status, text, _ = cli(capsys, "info", root / "model.skpadim")
     assert status == 0
     for key in ("file", "backbone", "weights", "layers", "n_features", "image size",
-                "training images", "threshold"):
+                "training images", "threshold", "trade-off"):
         assert re.search(rf"^{key}\s", text, re.M), key
     assert "100 of 448 channels" in text and "MB)" in text
 

@@ -37,7 +37,7 @@ def _channels_text(info):
 
 
 def _lines():
-    from ._model import training_images_text
+    from ._model import trade_off_text, training_images_text
 
     return (
         ("file", lambda i: f"{i['file']} ({human_size(i['file_size_bytes'])})"),
@@ -50,6 +50,7 @@ def _lines():
         ("patch grid", lambda i: "{} x {}".format(*i["patch_grid"])),
         ("training images", training_images_text),
         ("threshold", lambda i: f"{i['threshold']:.6g} (images whose anomaly score is above it are flagged)"),
+        ("trade-off", trade_off_text),
     )
 
 

@@ -23,6 +23,8 @@ EFFICIENTNET = "efficientnet-lite0"
 # Marker attributes written into the model file (see the module docstring).
 MARKER = "cli_backbone_"
 SKIPPED = "cli_skipped_images_"
+# Contaminations (expected fractions of good images flagged) shown by info and the report.
+TRADE_OFF = (0.01, 0.02, 0.05, 0.1, 0.2)
 _EFFICIENTNET_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.10"]
 _EFFICIENTNET_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 _EXTRA_HINT = 'pip install "skpadim[efficientnet]"'
@@ -189,6 +191,31 @@ def _image_size_pair(size):
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+def _thresholds(detector):
+    """The threshold (minus ``offset_``) each contamination of TRADE_OFF gives.
+
+    ``offset_for`` warns when the held-out sample is too small to resolve a
+    contamination; the line that shows these says how many images it holds.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return {str(c): -float(detector.offset_for(c)) for c in TRADE_OFF}
+
+
+def trade_off_text(info):
+    """One line: the threshold each contamination gives, and what the model's flags."""
+    pairs = ", ".join(f"{float(c):g}: {t:.4g}" for c, t in info["thresholds_by_contamination"].items())
+    k = info["calibration_images"]
+    return (
+        f"contamination {info['contamination']!r} flags {100 * info['calibration_flagged']:.0f}% of "
+        f"the {k} held-out training images; threshold by contamination (expected fraction of good "
+        f"images flagged): {pairs}. Change it without refitting: predict --threshold T, or "
+        "PadimDetector.recalibrate(c)."
+    )
+
+
 def describe(detector, path):
     """Facts about a fitted detector and its file, as an ordered dict."""
     config = peek_config(path)
@@ -219,6 +246,9 @@ def describe(detector, path):
         "skipped_images": None if skipped is None else int(skipped),
         "threshold": threshold_of(detector),
         "contamination": detector.contamination,
+        "calibration_images": len(detector.calibration_scores_),
+        "calibration_flagged": float(detector.flagged_fraction()),
+        "thresholds_by_contamination": _thresholds(detector),
         "epsilon": float(detector.epsilon),
         "sigma": float(detector.sigma),
     }

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from ._common import CLIError, human_size
-from ._model import training_images_text
+from ._model import trade_off_text, training_images_text
 from ._output import write_text
 
 _PLOT_HINT = 'pip install "skpadim[plot]" (or pip install matplotlib)'
@@ -268,6 +268,7 @@ def _model_section(info):
         ("Image size", "{} x {}".format(*info["image_size"])),
         ("Training images", training_images_text(info)),
         ("Model threshold", f"{info['threshold']:.6g}"),
+        ("Threshold trade-off", trade_off_text(info)),
     ]
     return "<h2>Model</h2>" + _table(None, [[f"<th>{html.escape(a)}</th>", _td(b)] for a, b in rows])
 
