@@ -44,7 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
 
-from _common import machine_header, median, table  # noqa: E402
+from _common import environment, machine_header, median, table  # noqa: E402
 
 
 def _dir_size(path):
@@ -218,7 +218,7 @@ def main(argv=None):
     import openvino
 
     lines = ["## Exported detectors against eager PadimDetector", ""]
-    lines += machine_header([f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}"])
+    lines += machine_header(environment(), [f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}"])
     data = _data(args)
     for name in args.backbones:
         run_backbone(name, args, data, lines)

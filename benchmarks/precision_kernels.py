@@ -45,7 +45,6 @@ import torch
 
 from skpadim._engine import gaussian as _gaussian
 from skpadim._engine.gaussian import GaussianStats
-from skpadim._engine.heap import heap_reuse
 
 from _common import Report, environment, machine_header, median
 
@@ -137,7 +136,7 @@ def part_calls(dims, positions, repeats):
             f"distances_of({HELD} images, held_out=True)": lambda: stats.distances_of(held, 0.01, held_out=True),
         }
         times = {(k, t): [] for k in calls for t in (threads, 1)}
-        with heap_reuse(), torch.inference_mode():
+        with torch.inference_mode():
             for name, fn in calls.items():
                 fn()  # warm
             for _ in range(repeats):

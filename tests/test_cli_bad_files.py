@@ -25,7 +25,9 @@ from PIL import Image
 
 from cli_helpers import FAST, cli, one_thread, read_csv, run_many, save_png, start  # noqa: F401
 from cli_helpers import permission_denied_works
+
 from skpadim import PadimDetector
+from skpadim.cli._model import describe
 from skpadim.datasets import make_anomaly_images
 from skpadim.metrics import image_auroc
 
@@ -173,7 +175,9 @@ def test_fit_skips_unreadable_files_and_says_which(bad):
     assert "check: 100%" in fit.stderr and "12/12 images" in fit.stderr  # checked, then fitted
     # The model is the one fitted on the 12 good images, and records the skipped ones.
     model = PadimDetector.load(root / "model.skpadim")
-    assert model.n_samples_seen_ == 12 and model.cli_skipped_images_ == n_bad
+    assert model.n_samples_seen_ == 12
+    info = describe(model, root / "model.skpadim")  # what skpadim info shows
+    assert info["training_images"] == 12 and info["skipped_images"] == n_bad
     reference = PadimDetector(weights=None, image_size=64, batch_size=5, random_state=0)
     reference.fit(_good(root / "good"))
     np.testing.assert_allclose(model.mean_, reference.mean_, rtol=1e-5, atol=1e-6)
