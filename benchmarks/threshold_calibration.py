@@ -28,7 +28,7 @@ def main():
     for n in (20, 100):
         det = PadimDetector(weights=None, image_size=size, random_state=0).fit(X_train[:n])
         test = -det.score_samples(X_test)
-        cal = -det._calibration
+        cal = -det.calibration_scores_
         q1, q3 = np.percentile(cal, [25, 75])
         rows = [
             ("in-sample max (2nd pass)", (-det.score_samples(X_train[:n])).max()),
