@@ -209,7 +209,7 @@ def _collect(finals, bounds, P, d):
     out = SimpleNamespace(n=None, shift=torch.empty(P, d), total=torch.empty(P, d, dtype=torch.float64),
                           outer=torch.empty(P, d, d), precision=torch.empty(P, d, d), distances=None)
     where = {fut.key: bounds[b] for b, fut in enumerate(finals)}
-    for fut in as_completed(finals):
+    for fut in as_completed(finals, loop=finals[0].client.loop):
         block = fut.result()
         a, b = where[fut.key]
         out.n = block["n"]
