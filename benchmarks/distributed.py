@@ -20,7 +20,7 @@ backbone has random weights (``weights=None``): same cost as pretrained.
 Usage::
 
     python benchmarks/distributed.py              # 800 images, resnet18 / 100, 224 px, 3 rounds
-    python benchmarks/distributed.py --quick      # smoke test: 24 images, 64 px, 1 round
+    python benchmarks/distributed.py --quick      # smoke test: 16 images, 48 px, 1 round
 """
 
 import argparse
@@ -295,7 +295,7 @@ def projection(costs, n_images, bandwidth, split_every=4):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="24 images of 64 px, 1 round (smoke test)")
+    ap.add_argument("--quick", action="store_true", help="16 images of 48 px, 1 round (smoke test)")
     ap.add_argument("--n", type=int, default=800, help="images (default 800)")
     ap.add_argument("--size", type=int, default=224, help="image size in px (default 224)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
@@ -305,7 +305,7 @@ def main():
                     help="bytes/s between machines for the projection (default 1.25e9: 10 Gbit/s)")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.size, args.rounds = 24, 64, 1
+        args.n, args.size, args.rounds = 16, 48, 1
     if args.projection_only:
         emit(machine_header(environment(["dask", "distributed"])))
         _projection(args)
@@ -405,12 +405,12 @@ def _projection(args):
     costs = {}
     for name, d, backbone in (("resnet18 / 100", 100, "resnet18"), ("wide_resnet50_2 / 550", 550, "wide_resnet50_2")):
         merge, final = unit_costs(d, probe)
-        size = 64 if args.quick else 224
+        size = 48 if args.quick else 224
         per_image = stream_cost(backbone, d, size, 2 if args.quick else 32)
         costs[name] = (3136, d, per_image, merge, final)
         emit([f"- {name}: stream {per_image * 1000:.0f} ms/image, merge {merge * 1e3:.3f} ms/position, "
               f"factorize + held-out distances {final * 1e3:.3f} ms/position (one thread, measured here"
-              f"{', at 64 px: --quick' if args.quick else ''})"])
+              f"{', at 48 px: --quick' if args.quick else ''})"])
     emit([f"- {1_000_000} images, 2 partitions per worker, split_every=4, "
           f"{args.bandwidth / 1e9:.2f} GB/s between machines; 224 px (3136 positions)", ""])
     emit(table(["model", "workers", "partitions", "blocks", "tree depth", "stream s", "tree s",

@@ -83,8 +83,10 @@ def pick(result, what, b=None):
 
 
 def sample_arrays(sample):
+    """A calibration sample as arrays; items: per image, its kept channels by layer."""
     return {"keys": sample.keys, "ids": sample.ids,
-            "items": [[t.cpu().numpy() for t in item] for item in sample.items]}
+            "items": [[np.asarray(t.cpu()) if torch.is_tensor(t) else t for t in item]
+                      for item in sample.items]}
 
 
 def to_sample(arrays, device=None):
@@ -101,11 +103,7 @@ def merge_samples(*parts):
     for p in parts[1:]:
         out = out.merged(to_sample(p), id_offset=n)
         n += p["n"]
-    return {"n": n, **sample_arrays_numpy(out)}
-
-
-def sample_arrays_numpy(sample):
-    return {"keys": sample.keys, "ids": sample.ids, "items": list(sample.items)}
+    return {"n": n, **sample_arrays(out)}
 
 
 def stats_arrays(stats, a, b):
