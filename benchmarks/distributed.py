@@ -269,7 +269,7 @@ def projection(costs, n_images, bandwidth, split_every=4):
     rows = []
     for name, (P, d, per_image, merge, final) in costs.items():
         stats = 4 * P * d * d + 12 * P * d  # float32 sums of outer products + shift + sums
-        to_client = 4 * P * d * d + 20 * P * d  # packed outer + packed precision + vectors
+        to_client = 8 * P * d * d + 20 * P * d  # sums of outer products + precisions + vectors
         for n in (10, 100):
             blocks = len(position_bounds(P, d, n_threads=n))
             parts = 2 * n

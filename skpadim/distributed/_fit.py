@@ -15,7 +15,7 @@ from .._engine import fitting
 from .._engine import params as _params
 from .._engine.gaussian import GaussianStats
 from .._engine.images import ImageSet
-from .._engine.persist import model_weights, unpack
+from .._engine.persist import model_weights
 from .._engine.state import stats_device
 from . import _worker
 from ._client import get_client, image_paths, partition_bounds
@@ -215,8 +215,8 @@ def _collect(finals, bounds, P, d):
         out.n = block["n"]
         out.shift[a:b] = torch.from_numpy(block["shift"])
         out.total[a:b] = torch.from_numpy(block["total"])
-        out.outer[a:b] = unpack(block["outer_upper"], d)
-        out.precision[a:b] = unpack(block["precision_upper"], d)
+        out.outer[a:b] = torch.from_numpy(block["outer"])
+        out.precision[a:b] = torch.from_numpy(block["precision"])
         if out.distances is None:
             out.distances = torch.empty(P, block["distances"].shape[1], dtype=torch.float64)
         out.distances[a:b] = torch.from_numpy(block["distances"])

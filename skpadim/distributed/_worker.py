@@ -1,8 +1,8 @@
 """What runs on the workers: partitions streamed into statistics, merges, the end of fit.
 
-Everything that travels between tasks is numpy arrays in the layout of
-:meth:`~skpadim._engine.state.FittedState.to_arrays` (upper triangles
-packed, calibration items by layer), never a torch module: each worker
+Everything that travels between tasks is numpy arrays, in the layout of
+:meth:`~skpadim._engine.state.FittedState.to_arrays` but for the matrices,
+which travel whole (see :func:`stats_arrays`), never a torch module: each worker
 rebuilds the backbone once per fit from the scattered model description
 (:func:`base_state`) and keeps it for the fit's other tasks.
 
@@ -23,7 +23,7 @@ from .._engine.calibration import CalibrationSample
 from .._engine.fitting import accumulate
 from .._engine.gaussian import GaussianStats
 from .._engine.images import check_images
-from .._engine.persist import backbone_weights, pack, rebuild_backbone, unpack
+from .._engine.persist import backbone_weights, rebuild_backbone
 from .._engine.state import FittedState, stats_device
 
 _lock = threading.Lock()
@@ -107,22 +107,23 @@ def merge_samples(*parts):
 
 
 def stats_arrays(stats, a, b):
-    """Positions ``a:b`` of ``stats`` as arrays (``to_arrays`` layout)."""
+    """Positions ``a:b`` of ``stats`` as arrays (the sums of outer products whole: packing
+    their upper triangles halves the bytes but costs more CPU time than it saves)."""
     return {"shift": stats.shift[a:b].cpu().numpy(), "total": stats.total[a:b].cpu().numpy(),
-            "outer_upper": pack(stats.outer[a:b])}
+            "outer": stats.outer[a:b].cpu().numpy()}
 
 
-def to_stats(block, device="cpu"):
-    d = block["shift"].shape[1]
-    stats = GaussianStats(block["n"], torch.from_numpy(block["shift"]),
-                          torch.from_numpy(block["total"]), unpack(block["outer_upper"], d))
+def to_stats(block, device="cpu", copy=False):
+    """``block`` as GaussianStats; ``copy=True`` to modify them (task inputs are shared)."""
+    own = np.array if copy else np.asarray
+    stats = GaussianStats(block["n"], *(torch.from_numpy(own(block[k])) for k in ("shift", "total", "outer")))
     return stats.to(device)
 
 
 def merge_blocks(*blocks):
     """The statistics of one block of positions over consecutive partitions (Chan et al.)."""
     with torch.inference_mode():
-        stats = to_stats(blocks[0])
+        stats = to_stats(blocks[0], copy=True)
         for blk in blocks[1:]:
             if blk["n"]:
                 stats.combine(to_stats(blk))
@@ -139,4 +140,4 @@ def finalize_block(model, block, sample, epsilon, a, b):
         sample = to_sample(sample, state.embedder.device)
         partial = state.replaced(stats, sample, None)
         dist = partial.calibration_distances(stats, epsilon, slice(a, b))
-    return {**block, "precision_upper": pack(precision), "distances": dist.cpu().numpy()}
+    return {**block, "precision": precision.cpu().numpy(), "distances": dist.cpu().numpy()}
