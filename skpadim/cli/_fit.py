@@ -71,9 +71,10 @@ def _check(items, args, client=None):
     import functools
 
     from ..exceptions import UnreadableImageError
-    from ._batch import check_files
 
-    if client is not None:
+    if client is None:
+        from ._batch import check_files
+    else:
         from ..distributed._cli import check_files as on_cluster
 
         check_files = functools.partial(on_cluster, client)

@@ -7,7 +7,6 @@ import uuid
 from types import SimpleNamespace
 
 import dask
-import numpy as np
 import torch
 from distributed import as_completed
 
