@@ -110,7 +110,8 @@ def iter_results(detector, paths, *, client, threshold, targets=None, partition_
     """Yield ``skpadim predict``'s row dicts in input order, computed on the workers.
 
     ``targets``: overlay picture paths (one per image, written by the
-    workers), or None. At most a few partitions' rows are held at a time.
+    workers), or None. The maps never leave the workers; each partition's
+    rows are released once yielded.
     """
     parts = partition_bounds(len(paths), partition_size, client)
     model, owned = _scattered(detector, client)
