@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = ["PadimDetector", "datasets", "exceptions", "metrics", "__version__"]
 
-_SUBMODULES = {"datasets", "exceptions", "metrics", "plot", "cli"}
+_SUBMODULES = {"datasets", "distributed", "exceptions", "metrics", "plot", "cli"}
 
 
 def __getattr__(name):

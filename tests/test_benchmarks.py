@@ -101,6 +101,8 @@ def test_precision_kernels_quick_mode(tmp_path):
         ("cli_batch.py", ["check / fit", "score_images / score_samples"]),
         ("threads.py", ["throughput vs 1 thread", "anomaly_map"]),
         ("allocator.py", ["CPU-time speed-up vs defaults", "score_samples"]),
+        pytest.param("distributed.py", ["cluster / one process", "Where the cluster fit",
+                                        "Projection to 10 and 100 workers"], marks=pytest.mark.dask),
         pytest.param("export.py", ["onnxruntime int8", "openvino (IR folder)", "ONNX file"],
                      marks=[pytest.mark.onnx, pytest.mark.openvino]),
     ],

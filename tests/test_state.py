@@ -150,6 +150,28 @@ def test_merging_with_continued_keys_equals_one_stream():
     np.testing.assert_allclose(merged.calibration, whole.calibration, rtol=1e-4)
 
 
+def test_partitions_with_keys_drawn_in_advance_equal_one_stream():
+    """Keys drawn for all images at once, in input order, then handed to uneven
+    partitions (as a distributed fit does): the very sample and generator of one pass."""
+    params = _params()
+    images = check_images(X)
+    empty = fitting.start(params, images)
+    rng = copy.deepcopy(empty.rng)
+    keys = rng.random(len(X))
+    parts = []
+    for a, b in ((0, 37), (37, 101), (101, len(X))):
+        given = iter(np.split(keys[a:b], np.arange(params.batch_size, b - a, params.batch_size)))
+        stats, sample = fitting.accumulate(empty, check_images(X[a:b]), params, lambda B: next(given))
+        parts.append(empty.replaced(stats, sample, rng))
+    merged = parts[0].merged(parts[1]).merged(parts[2])
+    merged = merged.finalize(params.epsilon, params.sigma, params.contamination)
+    whole = fitting.extend(empty, images, params)
+    _assert_same_sample(merged.sample, whole.sample)
+    assert merged.rng.bit_generator.state == whole.rng.bit_generator.state
+    np.testing.assert_allclose(merged.calibration, whole.calibration, rtol=1e-4)
+    assert merged.offset == pytest.approx(whole.offset, rel=1e-4)
+
+
 def test_partial_states_round_trip_through_arrays():
     """Unfinalized states (what partitions would send back) go through arrays too."""
     params = _params()

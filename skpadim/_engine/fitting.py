@@ -134,14 +134,36 @@ def check_frozen(state, est):
 
 def extend(state, images, est):
     """A new state: ``state`` plus ``images``, finalized with ``est``'s parameters."""
+    hint = OutOfMemoryHint(state.embedder.device, est.batch_size, est.image_size, state.shape[1])
+    rng = copy.deepcopy(state.rng)
+    stats, sample = accumulate(state, images, est, rng.random, hint=hint)
+    with torch.inference_mode(), hint, hint.at("end"):
+        with stage("precision"):
+            if state.stats is not None:
+                stats.combine(state.stats)
+            new = state.replaced(stats, sample, rng)
+            new.fit_gaussians(est.epsilon)
+        with stage("calibration"):
+            new.calibrate(est.sigma, est.contamination)
+    return new
+
+
+def accumulate(state, images, est, draw, *, hint=None):
+    """``(stats, sample)``: fresh statistics of ``images`` and a copy of ``state``'s sample
+    offered them, with keys ``draw(B)`` for each batch of B images, in input order.
+
+    ``state`` itself is not changed; its statistics are not included. A
+    distributed fit calls this on each partition, with keys drawn for it in
+    advance from the one generator that a one-process fit would use.
+    """
     P, d = state.shape
     device = state.embedder.device
     check_fit_memory(P, d, state.embedder.kept_item_bytes(), stats_device(device),
                      held_bytes=state.nbytes())
-    hint = OutOfMemoryHint(device, est.batch_size, est.image_size, d)
+    if hint is None:
+        hint = OutOfMemoryHint(device, est.batch_size, est.image_size, d)
     stats = state.new_stats()
     sample = state.sample.copy()
-    rng = copy.deepcopy(state.rng)
     seen = state.n
     take = state.embedder.patches.kept_channels
     with torch.inference_mode(), hint:
@@ -149,19 +171,11 @@ def extend(state, images, est):
         for emb, _, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):
             B = emb.shape[-1]
             with stage("reservoir"):
-                sample.offer(rng.random(B), seen, functools.partial(take, feats))
+                sample.offer(draw(B), seen, functools.partial(take, feats))
             seen += B
             with stage("update"):
                 updates.add(emb.to(stats.outer.device))
         with stage("update"):
             updates.flush()
         del updates  # its buffer is not needed for the end-of-fit work
-        with hint.at("end"):
-            with stage("precision"):
-                if state.stats is not None:
-                    stats.combine(state.stats)
-                new = state.replaced(stats, sample, rng)
-                new.fit_gaussians(est.epsilon)
-            with stage("calibration"):
-                new.calibrate(est.sigma, est.contamination)
-    return new
+    return stats, sample

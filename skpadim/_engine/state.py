@@ -164,21 +164,30 @@ class FittedState:
         sample = self.sample.merged(other.sample, id_offset=self.n)
         return self.replaced(stats, sample, copy.deepcopy(self.rng))
 
-    def fit_gaussians(self, epsilon):
-        """Means and precisions from the running statistics."""
+    def fit_gaussians(self, epsilon, precision=None):
+        """Means and precisions from the running statistics (``precision``: already formed,
+        e.g. by the workers of a distributed fit, a (P, d, d) float32 tensor)."""
         self.epsilon = float(epsilon)
         self.mean = self.stats.mean().cpu().numpy()
-        precision = self.stats.precision(self.epsilon)
+        if precision is None:
+            precision = self.stats.precision(self.epsilon)
         self.precision = precision.cpu().numpy()
         self._to_device(precision)
 
-    def calibrate(self, sigma, contamination):
-        """Score the held-out calibration images and set the offset."""
-        self.sigma = float(sigma)
+    def calibration_distances(self, stats, epsilon, positions=slice(None)):
+        """(positions, k) distances of the held-out calibration images under ``stats``
+        (the statistics of these ``positions`` of this state's images)."""
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
-        emb = self.embedder.patches.embed_kept(items).to(self.stats.outer.device)
-        dist = self.stats.distances_of(emb, self.epsilon, held_out=n >= 2)  # (P, k)
+        emb = self.embedder.patches.embed_kept(items)[positions].to(stats.outer.device)
+        return stats.distances_of(emb, epsilon, held_out=n >= 2)
+
+    def calibrate(self, sigma, contamination, dist=None):
+        """Score the held-out calibration images and set the offset (``dist``: their
+        distances, already computed by :meth:`calibration_distances`)."""
+        self.sigma = float(sigma)
+        if dist is None:
+            dist = self.calibration_distances(self.stats, self.epsilon)  # (P, k)
         dist = dist.T.float().reshape(-1, *self.grid).to(self.embedder.device)
         maps = anomaly_maps(dist, self.embedder.image_size, self.sigma)
         self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()

@@ -82,8 +82,9 @@ def add_command(subparsers, name, help, epilog, run):
     return p
 
 
-def add_run_options(p, batch_size=None):
-    """Options of every command that reads images: batch size, --strict, --quiet."""
+def add_run_options(p, batch_size=None, scheduler=False):
+    """Options of every command that reads images: batch size, --strict, --quiet
+    (and ``--scheduler`` for the commands that can run on a Dask cluster)."""
     default = batch_size or "the model's"
     p.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
                    help=f"images per forward pass (default: {default})")
@@ -91,3 +92,9 @@ def add_run_options(p, batch_size=None):
                    help="stop at the first image that cannot be read (exit status 1) instead "
                         "of skipping it, listing it and finishing with exit status 3")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    if scheduler:
+        p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="run on the Dask cluster whose scheduler is at ADDRESS, e.g. "
+                            "tcp://10.0.0.5:8786; the workers read the image files, so they "
+                            "must see the same paths (needs pip install \"skpadim[dask]\" "
+                            "here and on the workers)")

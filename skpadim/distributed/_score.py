@@ -1,0 +1,131 @@
+"""Distributed scoring: the fitted detector goes to every worker once."""
+
+import uuid
+
+import numpy as np
+from distributed import Future
+
+from ._client import get_client, image_paths, partition_bounds
+
+
+def scatter(detector, client=None):
+    """Send a fitted detector to every worker once; reuse it across scoring calls.
+
+    It travels as arrays (its pickle holds no torch module); each worker
+    rebuilds it once, on its own device (``device="auto"``). Workers copy it
+    from one another, so the client uploads it once.
+
+    Parameters
+    ----------
+    detector : PadimDetector
+        A fitted detector.
+    client : distributed.Client, default=None
+        ``None`` uses ``distributed.default_client()``.
+
+    Returns
+    -------
+    model : distributed.Future
+        Pass it instead of the detector to :func:`score_samples`;
+        ``model.release()`` frees the workers' copies.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(detector)
+    client = get_client(client)
+    [future] = client.scatter([detector], broadcast=True, hash=False)
+    return future
+
+
+def _scattered(detector, client):
+    """``(future, owned)``: a scattered detector, and whether this call made it."""
+    if isinstance(detector, Future):
+        return detector, False
+    return scatter(detector, client), True
+
+
+def score_partition(detector, paths):
+    return detector.score_samples(list(paths))
+
+
+def result_partition(detector, paths, start, threshold, targets):
+    """``skpadim predict``'s rows for ``paths`` (one bad file is one row), overlays written here."""
+    from ..cli._batch import score_images
+    from ..cli._predict import _overlay
+
+    rows = []
+    for r in score_images(detector, paths, with_maps=targets is not None):
+        row = {"index": start + r.index, "path": r.path, "score": r.score, "error": r.error,
+               "overlay": None}
+        if r.error is None and targets is not None:
+            target = targets[r.index]
+            _overlay(target, r.map, r.path, "anomalous" if r.score > threshold else "normal",
+                     r.score, threshold)
+            row["overlay"] = str(target)
+        rows.append(row)
+    return rows
+
+
+def score_samples(detector, X, *, client=None, partition_size=None):
+    """``detector.score_samples(X)``, computed on the workers of a Dask cluster.
+
+    Only the scores come back to the client (no maps).
+
+    Parameters
+    ----------
+    detector : PadimDetector or distributed.Future
+        A fitted detector, or the result of :func:`scatter` (to send a large
+        model once for many calls).
+    X : list of str or os.PathLike, or dask.bag.Bag of them
+        Image paths that every worker can read.
+    client : distributed.Client, default=None
+        ``None`` uses ``distributed.default_client()``.
+    partition_size : int, default=None
+        Images per task; ``None``: about two tasks per worker thread, at
+        least 64 images each.
+
+    Returns
+    -------
+    scores : ndarray of shape (N,), float64
+        In the order of ``X``; lower = more abnormal. A file that cannot be
+        read raises :class:`~skpadim.exceptions.UnreadableImageError` naming it.
+    """
+    client = get_client(client)
+    paths = image_paths(X)
+    parts = partition_bounds(len(paths), partition_size, client)
+    model, owned = _scattered(detector, client)
+    name = f"skpadim-score-{uuid.uuid4().hex[:12]}"
+    futures = []
+    try:
+        futures = [client.submit(score_partition, model, paths[a:b], key=(name, k))
+                   for k, (a, b) in enumerate(parts)]
+        return np.concatenate(client.gather(futures))
+    finally:
+        for fut in futures:
+            fut.release()
+        if owned:
+            model.release()
+
+
+def iter_results(detector, paths, *, client, threshold, targets=None, partition_size=None):
+    """Yield ``skpadim predict``'s row dicts in input order, computed on the workers.
+
+    ``targets``: overlay picture paths (one per image, written by the
+    workers), or None. The maps never leave the workers; each partition's
+    rows are released once yielded.
+    """
+    parts = partition_bounds(len(paths), partition_size, client)
+    model, owned = _scattered(detector, client)
+    name = f"skpadim-predict-{uuid.uuid4().hex[:12]}"
+    futures = []
+    try:
+        futures = [client.submit(result_partition, model, paths[a:b], a, threshold,
+                                 None if targets is None else targets[a:b], key=(name, k))
+                   for k, (a, b) in enumerate(parts)]
+        for k, fut in enumerate(futures):
+            yield from fut.result()
+            fut.release()
+    finally:
+        for fut in futures:
+            fut.cancel()
+        if owned:
+            model.release()
