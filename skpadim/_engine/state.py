@@ -33,6 +33,7 @@ from .maps import anomaly_maps
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
+from .tiles import SHARING, Tiling
 
 _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normalize", "n_channels",
               "device", "params"}
@@ -62,18 +63,75 @@ class Embedder:
         self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
         self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device)
         self.image_size = tuple(spec["image_size"])
+        # Tiles (None: whole images); native: images must have image_size, never resized.
+        self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
+        self.native = spec["params"].get("image_size", True) is None
         norm = spec["normalize"]
         self._norm = None if norm is None else tuple(
             torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in norm
         )
 
+    @property
+    def n_tiles(self):
+        return 1 if self.tiling is None else self.tiling.n_tiles
+
+    @property
+    def n_positions(self):
+        """Positions of the Gaussians: patch positions, times the tile locations with
+        ``tile_sharing="position"``."""
+        P = self.patches.n_positions
+        return P if self.tiling is None else P * self.n_tiles // self.tiling.samples_per_image
+
+    @property
+    def samples_per_image(self):
+        return 1 if self.tiling is None else self.tiling.samples_per_image
+
     def kept_item_bytes(self):
-        return 4 * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+        """Bytes of one image in the calibration sample (every tile's kept channels)."""
+        return 4 * self.n_tiles * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+
+    def take(self, feats, j):
+        """Image ``j``'s kept channels, for the calibration sample: one tensor per layer,
+        (n, h, w), or (n_tiles, n, h, w) with tiles."""
+        if self.tiling is None:
+            return self.patches.kept_channels(feats, j)
+        T = self.n_tiles
+        tiles = [self.patches.kept_channels(feats, j * T + t) for t in range(T)]
+        return [torch.stack(layer) for layer in zip(*tiles)]
+
+    def embed_kept(self, items):
+        """Embeddings of images given by :meth:`take`, in the statistics' layout."""
+        if self.tiling is None:
+            return self.patches.embed_kept(items)
+        per_tile = [[layer[t] for layer in item] for item in items for t in range(self.n_tiles)]
+        return self.tiling.stats_layout(self.patches.embed_kept(per_tile))
+
+    def maps(self, dist, sigma):
+        """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
+        h, w = self.patches.grid
+        if self.tiling is None:
+            return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
+        return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
+
+    def _check_native(self, sizes):
+        for size in sizes:
+            if tuple(size) != self.image_size:
+                raise ValueError(
+                    f"With image_size=None the detector works at the training images' own size, "
+                    f"{self.image_size[0]} x {self.image_size[1]} pixels, but an image has "
+                    f"{size[0]} x {size[1]}. Resize the images to that size, or set image_size "
+                    "to a fixed (height, width) that every image is resized to."
+                )
 
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
-        calling thread), the images' own sizes and the tapped layers' outputs."""
-        batches = images.batches(batch_size, self.image_size, self.device)
+        calling thread), the images' own sizes and the tapped layers' outputs.
+
+        With tiles, ``batch_size`` counts tiles: each batch holds ``batch_size //
+        n_tiles`` images (at least one) and all their tiles go through the backbone at once.
+        """
+        per_batch = max(1, batch_size // self.n_tiles)
+        batches = images.batches(per_batch, self.image_size, self.device)
         bar = progress_bar(len(images), desc) if verbose else None
         try:
             while True:
@@ -82,12 +140,18 @@ class Embedder:
                 if batch is None:
                     break
                 x, sizes = batch
+                if self.native:
+                    self._check_native(sizes)
                 with stage("backbone"):
                     if self._norm is not None:
                         x = (x - self._norm[0]) / self._norm[1]
+                    if self.tiling is not None:
+                        x = self.tiling.split(x)
                     feats = self.taps(x)
                 with stage("embedding"):
                     emb = self.patches(feats)
+                    if self.tiling is not None:
+                        emb = self.tiling.stats_layout(emb)
                 yield emb, sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))
@@ -119,7 +183,8 @@ class FittedState:
 
     @property
     def n(self):
-        return 0 if self.stats is None else self.stats.n
+        """Images fitted (with shared tiles, the statistics count every tile)."""
+        return 0 if self.stats is None else self.stats.n // self.embedder.samples_per_image
 
     @property
     def grid(self):
@@ -128,7 +193,7 @@ class FittedState:
     @property
     def shape(self):
         """(positions, features)."""
-        return self.embedder.patches.n_positions, len(self.feature_index)
+        return self.embedder.n_positions, len(self.feature_index)
 
     @property
     def fitted(self):
@@ -177,10 +242,9 @@ class FittedState:
         self.sigma = float(sigma)
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
-        emb = self.embedder.patches.embed_kept(items).to(self.stats.outer.device)
+        emb = self.embedder.embed_kept(items).to(self.stats.outer.device)
         dist = self.stats.distances_of(emb, self.epsilon, held_out=n >= 2)  # (P, k)
-        dist = dist.T.float().reshape(-1, *self.grid).to(self.embedder.device)
-        maps = anomaly_maps(dist, self.embedder.image_size, self.sigma)
+        maps = self.embedder.maps(dist.T.float().to(self.embedder.device), self.sigma)
         self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()
         self.recalibrate(contamination)
 
@@ -207,6 +271,9 @@ class FittedState:
 
     # ---------------------------------------------------------- persistence
 
+    def _tile_dims(self):
+        return () if self.embedder.tiling is None else (self.embedder.n_tiles,)
+
     def to_arrays(self):
         """``(arrays, meta)``: numeric numpy arrays and a JSON-representable dict."""
         P, d = self.shape
@@ -224,7 +291,7 @@ class FittedState:
         for j, i in enumerate(layers):
             arrays[f"sample.layer{i}"] = (
                 torch.stack([item[j] for item in self.sample.items]).cpu().numpy()
-                if len(self.sample) else np.zeros((0, *kept[i]), np.float32)
+                if len(self.sample) else np.zeros((0, *self._tile_dims(), *kept[i]), np.float32)
             )
         arrays.update(model_weights(self.embedder.model))
         fitted = None
@@ -255,7 +322,7 @@ class FittedState:
         state = cls.empty(spec, index, model, device, _generator(meta["rng"], source))
         if meta["n"]:
             d = len(index)
-            stats = GaussianStats(meta["n"], torch.from_numpy(arrays["stats.shift"]),
+            stats = GaussianStats(meta["n"] * state.embedder.samples_per_image, torch.from_numpy(arrays["stats.shift"]),
                                   torch.from_numpy(arrays["stats.total"]),
                                   unpack(arrays["stats.outer_upper"], d))
             state.stats = stats.to(stats_device(device))
@@ -319,7 +386,7 @@ def _check(arrays, meta, source):
 
     need(isinstance(meta, dict) and set(meta) == {"spec", "n", "rng", "fitted"}, "metadata keys")
     spec, n, fitted = meta["spec"], meta["n"], meta["fitted"]
-    need(isinstance(spec, dict) and set(spec) == _SPEC_KEYS, "embedding keys")
+    need(isinstance(spec, dict) and set(spec) - {"tiles"} == _SPEC_KEYS, "embedding keys")
     need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "image count")
     shapes, layers = spec["shapes"], spec["layers"]
     need(isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers)
@@ -343,6 +410,10 @@ def _check(arrays, meta, source):
          "feature_index must be sorted channel indices of the layers")
     h, w = max(((s[1], s[2]) for s in shapes), key=lambda t: t[0] * t[1])
     P, d = h * w, len(idx)
+    tiles = _check_tiles(spec, need)
+    if tiles is not None:
+        P = P * tiles.n_tiles // tiles.samples_per_image
+    tile_dims = () if tiles is None else (tiles.n_tiles,)
     expected = {"feature_index": (None, None), "stats.shift": ((P, d), np.float32),
                 "stats.total": ((P, d), np.float64),
                 "stats.outer_upper": ((P, d * (d + 1) // 2), np.float32)}
@@ -356,7 +427,7 @@ def _check(arrays, meta, source):
         kept = int(((idx >= start) & (idx < start + c)).sum())
         start += c
         if kept:
-            expected[f"sample.layer{i}"] = ((m, kept, lh, lw), np.float32)
+            expected[f"sample.layer{i}"] = ((m, *tile_dims, kept, lh, lw), np.float32)
     if fitted is not None:
         need(isinstance(fitted, dict) and set(fitted) == _FITTED_KEYS and n >= 1, "fitted scalars")
         need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))
@@ -374,6 +445,19 @@ def _check(arrays, meta, source):
     need(bool(np.all((s >= 0) & (s < 1))) and bool(np.all(np.diff(s) >= 0)), "sample keys")
     ids = arrays["sample.ids"]
     need(bool(np.all((ids >= 0) & (ids < max(n, 1)))), "sample ids")
+
+
+def _check_tiles(spec, need):
+    """The :class:`Tiling` a spec describes (None: no tiles), after checking its values."""
+    t = spec.get("tiles")
+    if t is None:
+        return None
+    pair = lambda v: isinstance(v, list) and len(v) == 2 and all(  # noqa: E731
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    need(isinstance(t, dict) and set(t) == {"size", "stride", "sharing"} and pair(t["size"])
+         and pair(t["stride"]) and t["sharing"] in SHARING
+         and all(s <= z <= n for s, z, n in zip(t["stride"], t["size"], spec["image_size"])), "tiles")
+    return Tiling.from_spec(spec)
 
 
 def check_channels(state, images):
