@@ -33,7 +33,7 @@ from .maps import anomaly_maps
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
-from .tiles import SHARING, Tiling
+from .tiles import Tiling, check_native, tiling_of_spec
 
 _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normalize", "n_channels",
               "device", "params"}
@@ -95,16 +95,13 @@ class Embedder:
         (n, h, w), or (n_tiles, n, h, w) with tiles."""
         if self.tiling is None:
             return self.patches.kept_channels(feats, j)
-        T = self.n_tiles
-        tiles = [self.patches.kept_channels(feats, j * T + t) for t in range(T)]
-        return [torch.stack(layer) for layer in zip(*tiles)]
+        return self.tiling.kept_channels(self.patches, feats, j)
 
     def embed_kept(self, items):
         """Embeddings of images given by :meth:`take`, in the statistics' layout."""
         if self.tiling is None:
             return self.patches.embed_kept(items)
-        per_tile = [[layer[t] for layer in item] for item in items for t in range(self.n_tiles)]
-        return self.tiling.stats_layout(self.patches.embed_kept(per_tile))
+        return self.tiling.embed_kept(self.patches, items)
 
     def maps(self, dist, sigma):
         """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
@@ -112,16 +109,6 @@ class Embedder:
         if self.tiling is None:
             return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
         return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
-
-    def _check_native(self, sizes):
-        for size in sizes:
-            if tuple(size) != self.image_size:
-                raise ValueError(
-                    f"With image_size=None the detector works at the training images' own size, "
-                    f"{self.image_size[0]} x {self.image_size[1]} pixels, but an image has "
-                    f"{size[0]} x {size[1]}. Resize the images to that size, or set image_size "
-                    "to a fixed (height, width) that every image is resized to."
-                )
 
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
@@ -141,7 +128,7 @@ class Embedder:
                     break
                 x, sizes = batch
                 if self.native:
-                    self._check_native(sizes)
+                    check_native(sizes, self.image_size)
                 with stage("backbone"):
                     if self._norm is not None:
                         x = (x - self._norm[0]) / self._norm[1]
@@ -410,7 +397,7 @@ def _check(arrays, meta, source):
          "feature_index must be sorted channel indices of the layers")
     h, w = max(((s[1], s[2]) for s in shapes), key=lambda t: t[0] * t[1])
     P, d = h * w, len(idx)
-    tiles = _check_tiles(spec, need)
+    tiles = tiling_of_spec(spec, need)
     if tiles is not None:
         P = P * tiles.n_tiles // tiles.samples_per_image
     tile_dims = () if tiles is None else (tiles.n_tiles,)
@@ -445,19 +432,6 @@ def _check(arrays, meta, source):
     need(bool(np.all((s >= 0) & (s < 1))) and bool(np.all(np.diff(s) >= 0)), "sample keys")
     ids = arrays["sample.ids"]
     need(bool(np.all((ids >= 0) & (ids < max(n, 1)))), "sample ids")
-
-
-def _check_tiles(spec, need):
-    """The :class:`Tiling` a spec describes (None: no tiles), after checking its values."""
-    t = spec.get("tiles")
-    if t is None:
-        return None
-    pair = lambda v: isinstance(v, list) and len(v) == 2 and all(  # noqa: E731
-        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
-    need(isinstance(t, dict) and set(t) == {"size", "stride", "sharing"} and pair(t["size"])
-         and pair(t["stride"]) and t["sharing"] in SHARING
-         and all(s <= z <= n for s, z, n in zip(t["stride"], t["size"], spec["image_size"])), "tiles")
-    return Tiling.from_spec(spec)
 
 
 def check_channels(state, images):

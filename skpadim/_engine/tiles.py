@@ -106,6 +106,17 @@ class Tiling:
         T = self.n_tiles
         return emb.view(P, d, BT // T, T).permute(3, 0, 1, 2).reshape(T * P, d, BT // T)
 
+    def kept_channels(self, patches, feats, j):
+        """Image ``j``'s kept channels: one (n_tiles, n, h, w) tensor per layer."""
+        T = self.n_tiles
+        tiles = [patches.kept_channels(feats, j * T + t) for t in range(T)]
+        return [torch.stack(layer) for layer in zip(*tiles)]
+
+    def embed_kept(self, patches, items):
+        """Embeddings of images given by :meth:`kept_channels`, in the statistics' layout."""
+        per_tile = [[layer[t] for layer in item] for item in items for t in range(self.n_tiles)]
+        return self.stats_layout(patches.embed_kept(per_tile))
+
     def _window(self, device):
         w = self._weights.get(device)
         if w is None:
@@ -133,6 +144,32 @@ class Tiling:
     def anomaly_maps(self, dist, sigma):
         """Tile distance grids (B * n_tiles, h, w) -> smoothed maps (B, H, W)."""
         return smooth(self.stitch(upsample(dist, self.size)), sigma)
+
+
+def check_native(sizes, image_size):
+    """Refuse images whose size differs from ``image_size`` (that of the training images)."""
+    for size in sizes:
+        if tuple(size) != tuple(image_size):
+            raise ValueError(
+                f"With image_size=None the detector works at the training images' own size, "
+                f"{image_size[0]} x {image_size[1]} pixels, but an image has {size[0]} x "
+                f"{size[1]}. Resize the images to that size, or set image_size to a fixed "
+                "(height, width) that every image is resized to."
+            )
+
+
+def tiling_of_spec(spec, need):
+    """The :class:`Tiling` a fitted state's spec describes (None: no tiles), after
+    checking its values with ``need(ok, what)``."""
+    t = spec.get("tiles")
+    if t is None:
+        return None
+    pair = lambda v: isinstance(v, list) and len(v) == 2 and all(  # noqa: E731
+        isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v)
+    need(isinstance(t, dict) and set(t) == {"size", "stride", "sharing"} and pair(t["size"])
+         and pair(t["stride"]) and t["sharing"] in SHARING
+         and all(s <= z <= n for s, z, n in zip(t["stride"], t["size"], spec["image_size"])), "tiles")
+    return Tiling.from_spec(spec)
 
 
 def resolve(tile_size, tile_stride):
