@@ -194,13 +194,19 @@ def test_invalid_tile_parameters_are_refused_with_their_name():
 
 
 @pytest.mark.onnx
-def test_export_refuses_tiles(tmp_path):
+def test_export_refuses_tiles_and_takes_the_native_size(tmp_path):
     from skpadim.export import to_onnx
+    from skpadim.runtime import OnnxDetector
 
-    det = PadimDetector(image_size=None, tile_size=16, **FAST).fit(textured(4, 32))
+    X = wide(8)
+    det = PadimDetector(image_size=None, tile_size=16, **FAST).fit(X)
     with pytest.raises(ValueError, match="tiles \\(tile_size\\), which export does not support"):
         to_onnx(det, tmp_path / "m.onnx")
     assert not os.listdir(tmp_path)
+    native = PadimDetector(image_size=None, **FAST).fit(X)  # untiled: one fixed size, exported as such
+    to_onnx(native, tmp_path / "n.onnx")
+    np.testing.assert_allclose(OnnxDetector(tmp_path / "n.onnx").score_samples(X), native.score_samples(X),
+                               rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------ generated data
