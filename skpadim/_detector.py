@@ -233,8 +233,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Add images to the running statistics (same result as one ``fit``).
 
-        backbone, layers, weights, n_features, image_size and normalize must
-        not change between calls. A failed call leaves the detector as it was.
+        backbone, layers, weights, n_features, image_size, normalize and the
+        tile parameters must not change between calls. A failed call leaves the detector as it was.
 
         Parameters
         ----------

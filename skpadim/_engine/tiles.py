@@ -20,7 +20,7 @@ How the tiles share their Gaussians (``tile_sharing``):
 Each tile's distance grid is upsampled to the tile's size; overlapping tiles
 are blended with a smooth window (a raised cosine, positive everywhere),
 normalized by the summed weights, so that equal tile maps stitch into the
-same map without seams. The stitched map is smoothed with ``sigma`` in the
+same map (up to float rounding) without seams. The stitched map is smoothed with ``sigma`` in the
 pixels of the stitched image.
 """
 
@@ -56,6 +56,16 @@ class Tiling:
     image_size, size, stride : (int, int)
         The (height, width) of the images, of the tiles, and of the step between tiles.
     sharing : {"position", "shared"}
+
+    Examples
+    --------
+    >>> import torch
+    >>> tiling = Tiling((40, 60), (32, 32), (16, 16), "shared")
+    >>> tiling.starts  # the last row and column end at the border
+    [(0, 0), (0, 16), (0, 28), (8, 0), (8, 16), (8, 28)]
+    >>> flat = tiling.stitch(torch.full((6, 32, 32), 2.0))  # equal tiles: a flat map
+    >>> flat.shape, bool((flat - 2.0).abs().max() < 1e-6)
+    (torch.Size([1, 40, 60]), True)
     """
 
     def __init__(self, image_size, size, stride, sharing):
