@@ -75,6 +75,7 @@ def check_fit_memory(n_positions, n_features, sample_item_bytes, device, *, held
     what = (
         f"n_features={n_features} with {n_positions} patch positions needs about "
         f"{need / _GIB:.1f} GiB for the per-position covariances and precisions"
+        + ("" if advice is None else " and the held-out calibration images")
     )
     fix = (
         "Lower n_features (the paper uses 100 for resnet18 and 550 for "
