@@ -47,8 +47,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     n_features : int, default=None
         Channels kept at random; ``None``: 100 for resnet18, 550 for
         wide_resnet50_2, all for others.
-    image_size : int or (int, int), default=224
-        Size every image is resized to.
+    image_size : int, (int, int) or None, default=224
+        Size every image is resized to. ``None``: keep the images' native
+        size (that of the first training image; every image must have it).
     epsilon : float, default=0.01
         Covariance regularization: sample covariance + epsilon * I.
     sigma : float, default=4.0
@@ -68,15 +69,31 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ``weights=None``, the backbone's initialization.
     verbose : bool, default=False
         Show progress bars.
+    tile_size : int, (int, int) or None, default=None
+        Process every image (at ``image_size``, or native) in tiles of this
+        size, all tiles of a batch through the backbone at once; ``batch_size``
+        then counts tiles. The tiles' maps are stitched back at the image's
+        size, overlaps blended, then smoothed (``sigma`` in those pixels).
+        ``None``: whole images. See docs/design.md.
+    tile_stride : int, (int, int) or None, default=None
+        Step between tiles; smaller than ``tile_size`` makes them overlap.
+        ``None``: ``tile_size`` (no overlap). The last tiles end at the border.
+    tile_sharing : {'shared', 'position'}, default='shared'
+        ``'shared'``: one Gaussian per patch position within a tile, fitted
+        on the tiles of every location (textures, webs, periodic surfaces;
+        memory independent of the image size). ``'position'``: one Gaussian
+        per patch position of every tile location (aligned parts: PaDiM at
+        full resolution; memory grows with the image area).
 
     Attributes
     ----------
     mean_, precision_ : ndarrays of shape (P, d) and (P, d, d)
-        Gaussian per patch position (row-major grid of P = h * w positions).
+        Gaussian per patch position (row-major grid of P = h * w positions;
+        with ``tile_sharing='position'``, P = n_tiles * h * w, tile by tile).
     feature_index_ : ndarray of shape (d,)
         Sorted indices of the kept channels in the concatenated layers.
     feature_map_shape_ : tuple (h, w)
-        Patch grid size.
+        Patch grid size (of one tile, with tiles).
     layers_, layer_shapes_ : tuples
         The layers used, and their (channels, height, width) at image_size.
     backbone_ : torch.nn.Module
@@ -140,6 +157,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         device="auto",
         random_state=None,
         verbose=False,
+        tile_size=None,
+        tile_stride=None,
+        tile_sharing="shared",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -154,6 +174,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.tile_size = tile_size
+        self.tile_stride = tile_stride
+        self.tile_sharing = tile_sharing
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -210,8 +233,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Add images to the running statistics (same result as one ``fit``).
 
-        backbone, layers, weights, n_features, image_size and normalize must
-        not change between calls. A failed call leaves the detector as it was.
+        backbone, layers, weights, n_features, image_size, normalize and the
+        tile parameters must not change between calls. A failed call leaves the detector as it was.
 
         Parameters
         ----------

@@ -115,3 +115,14 @@ def test_other_quick_modes_run(script, expected, tmp_path):
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     for text in expected:
         assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout[-3000:]}"
+
+
+def test_tiles_quick_mode(tmp_path):
+    data = run_quick("tiles.py", tmp_path)
+    rows = data["tables"]["tiles"]["rows"]
+    assert [row[1] for row in rows] == ["resize 224", "tiles, shared", "tiles, position"]
+    for key, case in data["results"]["cases"].items():
+        assert positive(case["fit_s"]) and positive(case["predict_s"]) and positive(case["peak_fit_mb"]), key
+        assert all(0 <= case[m] <= 1 for m in ("image_auroc", "pixel_auroc", "aupro")), key
+    shared, position = data["results"]["cases"]["64/tiles, shared"], data["results"]["cases"]["64/tiles, position"]
+    assert shared["params"]["tile_size"] == position["params"]["tile_size"] == 32

@@ -81,3 +81,12 @@ def test_magnetic_tile(magnetic_tile, tmp_path):
         data = (out_dir / name).read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 10_000, name
         assert f"Saved {out_dir / name}" in out
+
+
+def test_high_resolution(tmp_path):
+    out = run_example("high_resolution.py", "--size", 192, "--tile", 64, "--resize", 64, "--n-train", 10,
+                      "--n-test", 3, "--out", tmp_path / "overlay.png", cwd=tmp_path)
+    assert "Data: 10 good 192 x 192 training images" in out
+    assert re.search(r"^resized to 64 px: Image AUROC [0-9.]+", out, flags=re.M), out
+    assert metric("Image AUROC", out) >= 0.5  # the tiled detector's; tiny run, random weights
+    assert (tmp_path / "overlay.png").read_bytes().startswith(PNG_SIGNATURE)

@@ -226,7 +226,7 @@ _NO_CUDA = not torch.cuda.is_available()
         ({"contamination": 0.0}, r"The 'contamination' parameter of PadimDetector must be a str among \{'auto'\} or a float in the range \(0.0, 0.5\]. Got 0.0 instead"),
         ({"contamination": 0.7}, r"'contamination' .*Got 0.7"),
         ({"contamination": "high"}, r"'contamination' .*Got 'high'"),
-        ({"image_size": 0}, r"The 'image_size' parameter of PadimDetector must be an int in the range \[1, inf\) or a \(height, width\) pair of positive ints. Got 0 instead"),
+        ({"image_size": 0}, r"The 'image_size' parameter of PadimDetector must be None, an int in the range \[1, inf\) or a \(height, width\) pair of positive ints. Got 0 instead"),
         ({"image_size": (32,)}, r"'image_size' .*\(height, width\) pair.*Got \(32,\)"),
         ({"image_size": "big"}, r"'image_size' .*Got 'big'"),
         ({"image_size": 32.0}, r"'image_size' .*Got 32.0"),

@@ -27,6 +27,7 @@ from .gaussian import BufferedUpdate
 from .memory import OutOfMemoryHint, check_fit_memory
 from .progress import stage
 from .state import FittedState, check_channels, stats_device
+from .tiles import Tiling, check_tiles, memory_advice, update_width
 from .taps import LayerTaps, auto_layers, modules_run, probe_shapes, truncate, unused_modules
 
 
@@ -86,13 +87,17 @@ def start(est, images):
     rng = check_random_state(est.random_state)
     model, _ = build_backbone(est.backbone, est.weights, seed=rng.randint(2**31 - 1))
     model = model.eval().requires_grad_(False).to(device)
-    size = _params.image_size_pair(est.image_size)
+    size = _params.image_size_pair(est.image_size) if est.image_size is not None else first_size(images)
+    tiles = None
+    if est.tile_size is not None:
+        tile, stride = check_tiles(est.tile_size, est.tile_stride, size)
+        tiles = Tiling(size, tile, stride, est.tile_sharing)
     layers = est.layers if est.layers is not None else default_layers(est.backbone)
     if layers is None:
         layers = auto_layers(model, device)
     taps = LayerTaps(model, layers)
     with modules_run(model) as ran:  # one probe gives the shapes and the modules that run
-        shapes = probe_shapes(taps, size, device)
+        shapes = probe_shapes(taps, size if tiles is None else tiles.size, device)
     total = sum(c for c, _, _ in shapes)
     n_features = est.n_features or default_n_features(est.backbone) or total
     if n_features > total:
@@ -116,17 +121,25 @@ def start(est, images):
         "device": str(device),
         "params": params,
     }
+    if tiles is not None:
+        spec["tiles"] = tiles.to_spec()
     sampler = np.random.default_rng(rng.randint(2**31 - 1))  # draws the calibration keys
     return FittedState.empty(spec, index, model, device, sampler, taps)
+
+
+def first_size(images):
+    """(H, W) of the first image: ``image_size=None`` keeps it for every image."""
+    item = images._array[0] if images._array is not None else images._item(0)
+    return tuple(int(v) for v in item.shape[:2])
 
 
 def check_frozen(state, est):
     """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
     old, new = state.spec["params"], _params.embedding_params(est)
-    for name in old:
-        if old[name] != new[name]:
+    for name in {**old, **new}:
+        if old.get(name) != new.get(name):
             raise ValueError(
-                f"The {name!r} parameter changed from {old[name]!r} to {new[name]!r} since "
+                f"The {name!r} parameter changed from {old.get(name)!r} to {new.get(name)!r} since "
                 "the first partial_fit call; it defines the embedding, so call fit to start "
                 "over with the new value."
             )
@@ -158,18 +171,19 @@ def accumulate(state, images, est, draw, *, hint=None):
     """
     P, d = state.shape
     device = state.embedder.device
+    width = update_width(state.embedder, P, d)
     check_fit_memory(P, d, state.embedder.kept_item_bytes(), stats_device(device),
-                     held_bytes=state.nbytes())
+                     held_bytes=state.nbytes(), width=width, advice=memory_advice(state.embedder))
     if hint is None:
         hint = OutOfMemoryHint(device, est.batch_size, est.image_size, d)
     stats = state.new_stats()
     sample = state.sample.copy()
     seen = state.n
-    take = state.embedder.patches.kept_channels
+    take = state.embedder.take
     with torch.inference_mode(), hint:
-        updates = BufferedUpdate(stats)
-        for emb, _, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):
-            B = emb.shape[-1]
+        updates = BufferedUpdate(stats, width)
+        for emb, sizes, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):
+            B = len(sizes)  # images (with shared tiles, emb has a column per tile)
             with stage("reservoir"):
                 sample.offer(draw(B), seen, functools.partial(take, feats))
             seen += B

@@ -13,21 +13,19 @@ import torch
 
 from .distances import mahalanobis
 from .images import resize
-from .maps import anomaly_maps
 from .memory import OutOfMemoryHint
 from .progress import stage
 
 
 def iter_maps(state, images, batch_size, *, verbose=False, desc="score"):
     """Yield ``(maps, sizes)``: (B, *image_size) float tensors and the images' own sizes."""
-    h, w = state.grid
     hint = OutOfMemoryHint(state.embedder.device, batch_size, state.embedder.image_size, state.shape[1])
     with torch.inference_mode(), hint:
         for emb, sizes, _ in state.embedder.batches(images, batch_size, desc=desc, verbose=verbose):
             with stage("mahalanobis"):
-                dist = mahalanobis(emb, state.device_mean, state.device_precision).reshape(-1, h, w)
+                dist = mahalanobis(emb, state.device_mean, state.device_precision)
             with stage("maps"):
-                maps = anomaly_maps(dist, state.embedder.image_size, state.sigma)
+                maps = state.embedder.maps(dist, state.sigma)
             yield maps, sizes
 
 

@@ -53,19 +53,21 @@ def available_bytes(device):
         return None
 
 
-def fit_call_bytes(n_positions, n_features, sample_item_bytes):
+def fit_call_bytes(n_positions, n_features, sample_item_bytes, width=BufferedUpdate.WIDTH):
     """Bytes a fit call allocates for its new statistics (see the module docstring)."""
     P, d = n_positions, n_features
     matrices = 2 * 4 * P * d * d  # running sums + precision, float32
-    return matrices + 4 * P * d * BufferedUpdate.WIDTH + CAPACITY * sample_item_bytes
+    return matrices + 4 * P * d * width + CAPACITY * sample_item_bytes
 
 
-def check_fit_memory(n_positions, n_features, sample_item_bytes, device, *, held_bytes=0):
+def check_fit_memory(n_positions, n_features, sample_item_bytes, device, *, held_bytes=0,
+                     width=BufferedUpdate.WIDTH, advice=None):
     """Refuse a fit call that cannot fit in the available memory; warn about later ones.
 
-    ``held_bytes`` is what the detector already holds (0 for a first fit).
+    ``held_bytes`` is what the detector already holds (0 for a first fit);
+    ``width`` the update buffer's images; ``advice`` what helps, if not the default.
     """
-    need = fit_call_bytes(n_positions, n_features, sample_item_bytes)
+    need = fit_call_bytes(n_positions, n_features, sample_item_bytes, width)
     available = available_bytes(device)
     if available is None:
         return
@@ -73,11 +75,12 @@ def check_fit_memory(n_positions, n_features, sample_item_bytes, device, *, held
     what = (
         f"n_features={n_features} with {n_positions} patch positions needs about "
         f"{need / _GIB:.1f} GiB for the per-position covariances and precisions"
+        + ("" if advice is None else " and the held-out calibration images")
     )
     fix = (
         "Lower n_features (the paper uses 100 for resnet18 and 550 for "
         "wide_resnet50_2) or image_size, or free memory"
-    )
+    ) if advice is None else advice
     if need > 0.9 * available:
         if held_bytes:
             raise MemoryError(

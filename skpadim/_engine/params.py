@@ -101,6 +101,7 @@ CONSTRAINTS = {
     "weights": [None, _Check(_weights, "'DEFAULT', a weights enum member or name, or a state_dict path")],
     "n_features": [None, _Ints(numbers.Integral, 1, None, closed="left")],
     "image_size": [
+        None,
         _Ints(numbers.Integral, 1, None, closed="left"),
         _Check(_size_pair, "a (height, width) pair of positive ints"),
     ],
@@ -116,6 +117,17 @@ CONSTRAINTS = {
     "device": [_Check(_device, "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
+    "tile_size": [
+        None,
+        _Ints(numbers.Integral, 1, None, closed="left"),
+        _Check(_size_pair, "a (height, width) pair of positive ints"),
+    ],
+    "tile_stride": [
+        None,
+        _Ints(numbers.Integral, 1, None, closed="left"),
+        _Check(_size_pair, "a (height, width) pair of positive ints"),
+    ],
+    "tile_sharing": [StrOptions({"position", "shared"})],
 }
 
 
@@ -123,6 +135,11 @@ def validated(est):
     """``est``'s parameters, checked against :data:`CONSTRAINTS` (InvalidParameterError)."""
     params = est.get_params(deep=False)
     validate_parameter_constraints(CONSTRAINTS, params, caller_name=type(est).__name__)
+    if params["tile_stride"] is not None and params["tile_size"] is None:
+        raise ValueError(
+            f"The 'tile_stride' parameter of PadimDetector is {params['tile_stride']!r}, but "
+            "tile_size is None: set tile_size too, or tile_stride=None."
+        )
     return params
 
 
@@ -216,6 +233,16 @@ def embedding_params(est):
         "layers": None if est.layers is None else list(est.layers),
         "weights": _weights_key(est.weights),
         "n_features": None if est.n_features is None else int(est.n_features),
-        "image_size": list(image_size_pair(est.image_size)),
+        "image_size": None if est.image_size is None else list(image_size_pair(est.image_size)),
         "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
+        **_tile_params(est),
     }
+
+
+def _tile_params(est):
+    # Only with tiles, so that the parameters of a detector without them are as before.
+    if est.tile_size is None:
+        return {}
+    stride = est.tile_size if est.tile_stride is None else est.tile_stride
+    return {"tile_size": list(image_size_pair(est.tile_size)),
+            "tile_stride": list(image_size_pair(stride)), "tile_sharing": est.tile_sharing}

@@ -33,6 +33,7 @@ from .maps import anomaly_maps
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
+from .tiles import Tiling, check_native, tiling_of_spec
 
 _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normalize", "n_channels",
               "device", "params"}
@@ -62,18 +63,62 @@ class Embedder:
         self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
         self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device)
         self.image_size = tuple(spec["image_size"])
+        # Tiles (None: whole images); native: images must have image_size, never resized.
+        self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
+        self.native = spec["params"].get("image_size", True) is None
         norm = spec["normalize"]
         self._norm = None if norm is None else tuple(
             torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in norm
         )
 
+    @property
+    def n_tiles(self):
+        return 1 if self.tiling is None else self.tiling.n_tiles
+
+    @property
+    def n_positions(self):
+        """Positions of the Gaussians: patch positions, times the tile locations with
+        ``tile_sharing="position"``."""
+        P = self.patches.n_positions
+        return P if self.tiling is None else P * self.n_tiles // self.tiling.samples_per_image
+
+    @property
+    def samples_per_image(self):
+        return 1 if self.tiling is None else self.tiling.samples_per_image
+
     def kept_item_bytes(self):
-        return 4 * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+        """Bytes of one image in the calibration sample (every tile's kept channels)."""
+        return 4 * self.n_tiles * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+
+    def take(self, feats, j):
+        """Image ``j``'s kept channels, for the calibration sample: one tensor per layer,
+        (n, h, w), or (n_tiles, n, h, w) with tiles."""
+        if self.tiling is None:
+            return self.patches.kept_channels(feats, j)
+        return self.tiling.kept_channels(self.patches, feats, j)
+
+    def embed_kept(self, items):
+        """Embeddings of images given by :meth:`take`, in the statistics' layout."""
+        if self.tiling is None:
+            return self.patches.embed_kept(items)
+        return self.tiling.embed_kept(self.patches, items)
+
+    def maps(self, dist, sigma):
+        """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
+        h, w = self.patches.grid
+        if self.tiling is None:
+            return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
+        return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
 
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
-        calling thread), the images' own sizes and the tapped layers' outputs."""
-        batches = images.batches(batch_size, self.image_size, self.device)
+        calling thread), the images' own sizes and the tapped layers' outputs.
+
+        With tiles, ``batch_size`` counts tiles: each batch holds ``batch_size //
+        n_tiles`` images (at least one) and all their tiles go through the backbone at once.
+        """
+        per_batch = max(1, batch_size // self.n_tiles)
+        batches = images.batches(per_batch, self.image_size, self.device)
         bar = progress_bar(len(images), desc) if verbose else None
         try:
             while True:
@@ -82,12 +127,18 @@ class Embedder:
                 if batch is None:
                     break
                 x, sizes = batch
+                if self.native:
+                    check_native(sizes, self.image_size)
                 with stage("backbone"):
                     if self._norm is not None:
                         x = (x - self._norm[0]) / self._norm[1]
+                    if self.tiling is not None:
+                        x = self.tiling.split(x)
                     feats = self.taps(x)
                 with stage("embedding"):
                     emb = self.patches(feats)
+                    if self.tiling is not None:
+                        emb = self.tiling.stats_layout(emb)
                 yield emb, sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))
@@ -119,7 +170,8 @@ class FittedState:
 
     @property
     def n(self):
-        return 0 if self.stats is None else self.stats.n
+        """Images fitted (with shared tiles, the statistics count every tile)."""
+        return 0 if self.stats is None else self.stats.n // self.embedder.samples_per_image
 
     @property
     def grid(self):
@@ -128,7 +180,7 @@ class FittedState:
     @property
     def shape(self):
         """(positions, features)."""
-        return self.embedder.patches.n_positions, len(self.feature_index)
+        return self.embedder.n_positions, len(self.feature_index)
 
     @property
     def fitted(self):
@@ -179,7 +231,7 @@ class FittedState:
         (the statistics of these ``positions`` of this state's images)."""
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
-        emb = self.embedder.patches.embed_kept(items)[positions].to(stats.outer.device)
+        emb = self.embedder.embed_kept(items)[positions].to(stats.outer.device)
         return stats.distances_of(emb, epsilon, held_out=n >= 2)
 
     def calibrate(self, sigma, contamination, dist=None):
@@ -188,8 +240,7 @@ class FittedState:
         self.sigma = float(sigma)
         if dist is None:
             dist = self.calibration_distances(self.stats, self.epsilon)  # (P, k)
-        dist = dist.T.float().reshape(-1, *self.grid).to(self.embedder.device)
-        maps = anomaly_maps(dist, self.embedder.image_size, self.sigma)
+        maps = self.embedder.maps(dist.T.float().to(self.embedder.device), self.sigma)
         self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()
         self.recalibrate(contamination)
 
@@ -216,6 +267,9 @@ class FittedState:
 
     # ---------------------------------------------------------- persistence
 
+    def _tile_dims(self):
+        return () if self.embedder.tiling is None else (self.embedder.n_tiles,)
+
     def to_arrays(self):
         """``(arrays, meta)``: numeric numpy arrays and a JSON-representable dict."""
         P, d = self.shape
@@ -233,7 +287,7 @@ class FittedState:
         for j, i in enumerate(layers):
             arrays[f"sample.layer{i}"] = (
                 torch.stack([item[j] for item in self.sample.items]).cpu().numpy()
-                if len(self.sample) else np.zeros((0, *kept[i]), np.float32)
+                if len(self.sample) else np.zeros((0, *self._tile_dims(), *kept[i]), np.float32)
             )
         arrays.update(model_weights(self.embedder.model))
         fitted = None
@@ -264,7 +318,7 @@ class FittedState:
         state = cls.empty(spec, index, model, device, _generator(meta["rng"], source))
         if meta["n"]:
             d = len(index)
-            stats = GaussianStats(meta["n"], torch.from_numpy(arrays["stats.shift"]),
+            stats = GaussianStats(meta["n"] * state.embedder.samples_per_image, torch.from_numpy(arrays["stats.shift"]),
                                   torch.from_numpy(arrays["stats.total"]),
                                   unpack(arrays["stats.outer_upper"], d))
             state.stats = stats.to(stats_device(device))
@@ -328,7 +382,7 @@ def _check(arrays, meta, source):
 
     need(isinstance(meta, dict) and set(meta) == {"spec", "n", "rng", "fitted"}, "metadata keys")
     spec, n, fitted = meta["spec"], meta["n"], meta["fitted"]
-    need(isinstance(spec, dict) and set(spec) == _SPEC_KEYS, "embedding keys")
+    need(isinstance(spec, dict) and set(spec) - {"tiles"} == _SPEC_KEYS, "embedding keys")
     need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "image count")
     shapes, layers = spec["shapes"], spec["layers"]
     need(isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers)
@@ -352,6 +406,10 @@ def _check(arrays, meta, source):
          "feature_index must be sorted channel indices of the layers")
     h, w = max(((s[1], s[2]) for s in shapes), key=lambda t: t[0] * t[1])
     P, d = h * w, len(idx)
+    tiles = tiling_of_spec(spec, need)
+    if tiles is not None:
+        P = P * tiles.n_tiles // tiles.samples_per_image
+    tile_dims = () if tiles is None else (tiles.n_tiles,)
     expected = {"feature_index": (None, None), "stats.shift": ((P, d), np.float32),
                 "stats.total": ((P, d), np.float64),
                 "stats.outer_upper": ((P, d * (d + 1) // 2), np.float32)}
@@ -365,7 +423,7 @@ def _check(arrays, meta, source):
         kept = int(((idx >= start) & (idx < start + c)).sum())
         start += c
         if kept:
-            expected[f"sample.layer{i}"] = ((m, kept, lh, lw), np.float32)
+            expected[f"sample.layer{i}"] = ((m, *tile_dims, kept, lh, lw), np.float32)
     if fitted is not None:
         need(isinstance(fitted, dict) and set(fitted) == _FITTED_KEYS and n >= 1, "fitted scalars")
         need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))

@@ -5,7 +5,7 @@ import math
 
 __all__ = [
     "Parser", "add_command", "add_run_options", "contamination", "finite", "fraction",
-    "image_size", "layers", "positive_int",
+    "image_size", "layers", "positive_int", "tile_size",
 ]
 
 
@@ -27,6 +27,12 @@ def positive_int(text):
 
 
 def image_size(text):
+    if text.lower() == "native":
+        return None
+    return tile_size(text)
+
+
+def tile_size(text):
     parts = text.lower().split("x")
     try:
         values = [int(p) for p in parts]

@@ -97,7 +97,7 @@ def run(args):
         except ImportError as exc:
             raise CLIError(str(exc)) from None
         print(f"Exported {args.model} to the OpenVINO folder {out} ({_size(out)}).")
-    size = getattr(detector, "_image_size", None) or detector.image_size
+    size = getattr(detector, "_image_size", None) or detector.image_size or tuple(detector._state.spec["image_size"])
     print(f"Threshold: {-float(detector.offset_):.6g}; image size: {size}.")
     print(f"Next, on a machine without torch: pip install \"skpadim[runtime]\", then "
           f"skpadim.runtime.load({out!r}).predict(images).")

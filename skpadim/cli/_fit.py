@@ -11,7 +11,7 @@ model is fitted on the others and records how many it was fitted on
 import os
 import time
 
-from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int
+from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
     print_skipped, report_unreadable,
@@ -23,6 +23,7 @@ EPILOG = """\
 Example:
   skpadim fit data/train/good --out model.skpadim
   skpadim fit data/train/good --out small.skpadim --image-size 128 --weights none
+  skpadim fit data/train/good --out tiles.skpadim --image-size native --tile-size 256
 
 Every image under GOOD_DIR (recursively; .png, .jpg, .jpeg, .bmp, .tif,
 .tiff) is a training image. Every file is decoded once before fitting: one
@@ -55,7 +56,19 @@ def add_parser(subparsers):
                    help="channels kept at random (default: 100 for resnet18, 550 for "
                         "wide_resnet50_2, all otherwise)")
     p.add_argument("--image-size", type=image_size, default=224, metavar="SIZE",
-                   help="images are resized to SIZE x SIZE or HEIGHTxWIDTH (default: 224)")
+                   help="images are resized to SIZE x SIZE or HEIGHTxWIDTH, or 'native' to keep "
+                        "the training images' own size (default: 224)")
+    p.add_argument("--tile-size", type=tile_size, default=None, metavar="SIZE",
+                   help="process images in tiles of SIZE or HEIGHTxWIDTH pixels (e.g. "
+                        "--image-size native --tile-size 256); --batch-size then counts tiles "
+                        "(default: whole images)")
+    p.add_argument("--tile-stride", type=tile_size, default=None, metavar="SIZE",
+                   help="step between tiles; smaller than --tile-size makes them overlap "
+                        "(default: the tile size)")
+    p.add_argument("--tile-sharing", choices=("shared", "position"), default="shared",
+                   help="shared: one set of Gaussians for all tile locations (textures; memory "
+                        "independent of the image size); position: Gaussians per tile location "
+                        "(aligned parts; memory grows with the image area) (default: shared)")
     p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--contamination", type=contamination, default="auto", metavar="C",
                    help="sets the threshold: 'auto' (Tukey's far-out fence on held-out training "

@@ -81,6 +81,9 @@ def detector_params(args):
         random_state=args.seed,
         contamination=args.contamination,
     )
+    if getattr(args, "tile_size", None) is not None:
+        params.update(tile_size=args.tile_size, tile_stride=args.tile_stride,
+                      tile_sharing=args.tile_sharing)
     if args.backbone == EFFICIENTNET:
         pretrained = weights == "DEFAULT"
         # The module comes with its weights (ImageNet or seeded random): "DEFAULT" and
@@ -187,10 +190,6 @@ def threshold_of(detector):
     return -float(detector.offset_)
 
 
-def _image_size_pair(size):
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
 def _thresholds(detector):
     """The threshold (minus ``offset_``) each contamination of TRADE_OFF gives.
 
@@ -226,7 +225,7 @@ def describe(detector, path):
         if not isinstance(backbone, str):
             backbone = type(backbone).__name__
     weights = None if detector.weights is None else str(detector.weights)
-    h, w = _image_size_pair(detector.image_size)
+    h, w = detector._state.spec["image_size"]  # the size fixed at fit (native: the images')
     gh, gw = detector.feature_map_shape_
     total = sum(int(c) for c, _, _ in detector.layer_shapes_)  # (channels, h, w) per layer
     skipped = _metadata(config).get(SKIPPED)

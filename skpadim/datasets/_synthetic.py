@@ -76,6 +76,29 @@ def _check_params(n_normal, n_anomalous, image_size, defects):
     return size, defects
 
 
+def _check_defect_size(defect_size, height, width):
+    """``(low, high)`` defect sizes in pixels from a valid ``defect_size`` (None: None)."""
+    if defect_size is None:
+        return None
+    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)  # noqa: E731
+    if real(defect_size):
+        low = high = float(defect_size)
+    elif (isinstance(defect_size, (tuple, list)) and len(defect_size) == 2
+          and all(real(v) for v in defect_size)):
+        low, high = (float(v) for v in defect_size)
+    else:
+        raise ValueError(
+            "defect_size must be None, a number of pixels or a (low, high) pair of them, "
+            f"got {defect_size!r}."
+        )
+    if not 1 <= low <= high <= min(height, width) / 4:
+        raise ValueError(
+            f"defect_size must be between 1 and a quarter of the smaller image side "
+            f"({min(height, width) / 4:g} pixels), with low <= high; got {defect_size!r}."
+        )
+    return low, high
+
+
 def _texture(n, height, width, rng):
     """Render ``n`` clean woven textures, float32 of shape (n, H, W, 3)."""
     scale = np.sqrt(height * width)
@@ -124,13 +147,16 @@ def _texture(n, height, width, rng):
     return np.clip(rgb, _TEXTURE_LO, _TEXTURE_HI)
 
 
-def _scratch_region(height, width, rng):
+def _scratch_region(height, width, rng, size=None):
     scale = np.sqrt(height * width)
-    half_w = max(1.0, scale / 128.0 * rng.uniform(0.9, 1.6))
+    if size is None:
+        half_w = max(1.0, scale / 128.0 * rng.uniform(0.9, 1.6))
+    else:
+        half_w = size / 2
     margin = half_w + 2
     p0 = rng.uniform([margin, margin], [height - margin, width - margin])
     angle = rng.uniform(0.0, np.pi)
-    length = scale * rng.uniform(0.25, 0.6)
+    length = scale * rng.uniform(0.25, 0.6) if size is None else size * rng.uniform(3.0, 8.0)
     p1 = p0 + length * np.array([np.sin(angle), np.cos(angle)])
     p1 = np.clip(p1, margin, [height - margin, width - margin])
     yy, xx = np.mgrid[0:height, 0:width]
@@ -141,9 +167,9 @@ def _scratch_region(height, width, rng):
     return dist2 <= half_w**2
 
 
-def _spot_region(height, width, rng):
+def _spot_region(height, width, rng, size=None):
     scale = np.sqrt(height * width)
-    r0 = scale * rng.uniform(0.05, 0.11)
+    r0 = scale * rng.uniform(0.05, 0.11) if size is None else size / 2
     aspect = rng.uniform(0.7, 1.0)
     extent = 1.4 * r0
     cy = rng.uniform(extent, max(extent, height - extent))
@@ -160,9 +186,9 @@ def _spot_region(height, width, rng):
     return (rx**2 + (ry / aspect) ** 2) <= radius**2
 
 
-def _missing_region(height, width, rng):
+def _missing_region(height, width, rng, size=None):
     scale = np.sqrt(height * width)
-    a, b = scale * rng.uniform(0.12, 0.28, 2) / 2
+    a, b = (scale * rng.uniform(0.12, 0.28, 2) if size is None else size * rng.uniform(1.0, 2.0, 2)) / 2
     extent = np.hypot(a, b) + 1
     cy = rng.uniform(extent, max(extent, height - extent))
     cx = rng.uniform(extent, max(extent, width - extent))
@@ -218,6 +244,7 @@ def _generate(
     defects=DEFECT_TYPES,
     grayscale=False,
     random_state=None,
+    defect_size=None,
 ):
     """Return ``X, y, masks, X_clean, kinds``; see ``make_anomaly_images``.
 
@@ -226,6 +253,7 @@ def _generate(
     normal images).
     """
     (height, width), defects = _check_params(n_normal, n_anomalous, image_size, defects)
+    sizes = _check_defect_size(defect_size, height, width)
     rng = check_random_state(random_state)
     n = n_normal + n_anomalous
     clean = _texture(n, height, width, rng)
@@ -233,11 +261,14 @@ def _generate(
     masks = np.zeros((n, height, width), dtype=bool)
     kinds = np.array(["good"] * n, dtype=object)
     area = height * width
-    lo, hi = _MIN_AREA * area, _MAX_AREA * area
+    lo, hi = (_MIN_AREA * area, _MAX_AREA * area) if sizes is None else (1, area)
     for i in range(n_normal, n):
         kind = defects[rng.randint(len(defects))]
         for _ in range(_MAX_TRIES):
-            region = _REGIONS[kind](height, width, rng)
+            if sizes is None:
+                region = _REGIONS[kind](height, width, rng)
+            else:
+                region = _REGIONS[kind](height, width, rng, rng.uniform(*sizes))
             if lo <= region.sum() <= hi:
                 break
         else:  # pragma: no cover - the shapes are sized to always fit
@@ -263,6 +294,7 @@ def make_anomaly_images(
     defects=DEFECT_TYPES,
     grayscale=False,
     random_state=None,
+    defect_size=None,
 ):
     """Generate images of a woven industrial texture, some with defects.
 
@@ -301,6 +333,14 @@ def make_anomaly_images(
     random_state : int, RandomState instance or None, default=None
         Seed of the generator; an int gives bit-identical output across
         calls.
+    defect_size : float, (float, float) or None, default=None
+        Size of the defects in pixels, whatever the image size: the
+        diameter of a spot, the width of a scratch (3 to 8 times as long),
+        the shorter side of a missing patch (the sides are 1 to 2 times
+        it). A ``(low, high)`` pair draws each defect's size uniformly in
+        it. Between 1 and a quarter of the smaller image side. ``None``:
+        defects in proportion to the image, 0.3% to 10% of its area.
+        Small defects in large images make high-resolution test cases.
 
     Returns
     -------
@@ -311,7 +351,8 @@ def make_anomaly_images(
         1 for anomalous images, 0 for normal images.
     masks : ndarray of shape (n, H, W), dtype=bool
         True exactly on the pixels changed by the defect; all False for
-        normal images.  A defect covers between 0.3% and 10% of the image.
+        normal images.  A defect covers between 0.3% and 10% of the image
+        (with ``defect_size=None``).
 
     See Also
     --------
@@ -328,6 +369,9 @@ def make_anomaly_images(
     >>> X, y, masks = make_anomaly_images(2, 2, image_size=(48, 64), grayscale=True)
     >>> X.shape
     (4, 48, 64)
+    >>> X, y, masks = make_anomaly_images(0, 3, image_size=256, defect_size=(4, 8), random_state=0)
+    >>> bool(masks.sum(axis=(1, 2)).max() < 0.01 * 256 * 256)
+    True
     """
     X, y, masks, _, _ = _generate(
         n_normal,
@@ -336,5 +380,6 @@ def make_anomaly_images(
         defects=defects,
         grayscale=grayscale,
         random_state=random_state,
+        defect_size=defect_size,
     )
     return X, y, masks

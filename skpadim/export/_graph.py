@@ -46,6 +46,13 @@ def fitted_facts(det):
                 "(call fit first, or load a saved one with PadimDetector.load)."
             )
     state = det.__dict__.get("_state")
+    tiles = state.spec.get("tiles") if state is not None else getattr(det, "tile_size", None)
+    if tiles is not None:
+        raise ValueError(
+            "This detector processes images in tiles (tile_size), which export does not "
+            "support yet: the exported graph takes whole images at one image_size. Use the "
+            "detector in Python, or fit one without tile_size to export it."
+        )
     if state is not None:  # the values fixed at fit, whatever set_params did since
         norm = state.spec["normalize"]
         return {
