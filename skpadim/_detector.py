@@ -68,6 +68,15 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ``weights=None``, the backbone's initialization.
     verbose : bool, default=False
         Show progress bars.
+    backbone_dtype : {"float32", "bfloat16", "float16"}, default="float32"
+        Arithmetic of the backbone's forward pass: ``"bfloat16"`` and
+        ``"float16"`` run it under ``torch.autocast`` (the PaDiM statistics
+        stay in float32/float64). bfloat16 is fast on CPUs with AVX512-BF16
+        or AMX and on recent GPUs; on other CPUs torch emulates it, several
+        times slower than float32, and a warning says so. float16 needs a
+        GPU. The maps differ slightly from float32's (docs/benchmarks.md
+        gives the effect on the metrics); models fitted this way cannot be
+        exported to ONNX.
 
     Attributes
     ----------
@@ -140,6 +149,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         device="auto",
         random_state=None,
         verbose=False,
+        backbone_dtype="float32",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -154,6 +164,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.backbone_dtype = backbone_dtype
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -116,6 +116,7 @@ CONSTRAINTS = {
     "device": [_Check(_device, "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
+    "backbone_dtype": [StrOptions({"float32", "bfloat16", "float16"})],
 }
 
 
@@ -218,4 +219,5 @@ def embedding_params(est):
         "n_features": None if est.n_features is None else int(est.n_features),
         "image_size": list(image_size_pair(est.image_size)),
         "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
+        "backbone_dtype": est.backbone_dtype,
     }

@@ -46,6 +46,13 @@ def fitted_facts(det):
                 "(call fit first, or load a saved one with PadimDetector.load)."
             )
     state = det.__dict__.get("_state")
+    dtype = state.spec["params"].get("backbone_dtype", "float32") if state is not None else "float32"
+    if dtype != "float32":
+        raise ValueError(
+            f"This detector was fitted with backbone_dtype={dtype!r}; the exported graph runs "
+            "the backbone in float32, so its maps would differ from the detector's. Fit with "
+            "backbone_dtype='float32' to export."
+        )
     if state is not None:  # the values fixed at fit, whatever set_params did since
         norm = state.spec["normalize"]
         return {
