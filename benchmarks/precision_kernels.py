@@ -17,7 +17,11 @@ chunk, with the alternatives that were considered:
   (library) against symmetrizing with ``triu`` and a mirrored copy first;
 * inverse: ``cholesky_inverse`` (library) against ``cholesky_solve(I)`` and
   ``solve_triangular(U, I)`` followed by a product;
-* the calibration's rank-64 downdate and its 64-column triangular solve.
+* the calibration's rank-64 downdate and its 64-column triangular solve;
+* the float32 route (Cholesky, inverse and solve in float32, which would
+  need a float64 check of each result, also timed, and a float64 redo where
+  the check fails): on an AVX2 CPU the float32 LAPACK kernels save less
+  than the check costs, so the library stays in float64 (docs/benchmarks.md).
 
 Part 2 times the library calls on statistics of random embeddings
 (``--positions`` positions, scaled to the 3136 positions of a 224 px image),
@@ -84,6 +88,16 @@ def _steps(c, d):
         Ui = torch.linalg.solve_triangular(U, eye, upper=True)
         return Ui @ Ui.mT
 
+    cov32, U32, held32 = cov.float(), U.float(), held.float()
+    lower = torch.ones(d, d, dtype=torch.bool).tril(-1)
+    probes = torch.randn(d, 2, dtype=torch.float64)
+    inv32 = torch.cholesky_inverse(U32, upper=True)
+
+    def check():  # the float64 error estimate a float32 inverse needs: X (v - A X v)
+        A = torch.where(lower, cov.mT, cov)
+        w = (inv32 @ probes.float()).double()
+        return inv32 @ (probes - A @ w).float()
+
     return {
         "covariance: baddbmm on the float64 copy [library]": form_library,
         "covariance: triu + mirrored copy": form_mirrored,
@@ -94,6 +108,11 @@ def _steps(c, d):
         f"calibration: rank-{HELD} downdate": lambda: cov.clone().baddbmm_(held, held.mT, alpha=-1e-3),
         f"calibration: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
             U.mT, held, upper=False),
+        "float32: Cholesky (upper)": lambda: torch.linalg.cholesky_ex(cov32, upper=True),
+        "float32: inverse, cholesky_inverse": lambda: torch.cholesky_inverse(U32, upper=True),
+        f"float32: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
+            U32.mT, held32, upper=False),
+        "float32: float64 check of one result (2 probes)": check,
     }
 
 
