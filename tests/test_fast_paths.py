@@ -138,3 +138,16 @@ def test_export_refuses_reduced_precision(data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="backbone_dtype='bfloat16'.*float32"):
         to_onnx(det, tmp_path / "m.onnx")
     assert not any(tmp_path.iterdir())
+
+
+def test_fit_command_passes_backbone_dtype():
+    from skpadim.cli._main import build_parser
+    from skpadim.cli._model import detector_params
+
+    parser = build_parser()
+    args = parser.parse_args(["fit", "good", "--out", "m.skpadim", "--weights", "none",
+                              "--backbone-dtype", "bfloat16"])
+    assert detector_params(args)["backbone_dtype"] == "bfloat16"
+    assert detector_params(parser.parse_args(["fit", "good", "--out", "m.skpadim"]))["backbone_dtype"] == "float32"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fit", "good", "--out", "m.skpadim", "--backbone-dtype", "int8"])

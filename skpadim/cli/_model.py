@@ -80,6 +80,7 @@ def detector_params(args):
         device=args.device,
         random_state=args.seed,
         contamination=args.contamination,
+        backbone_dtype=getattr(args, "backbone_dtype", "float32"),
     )
     if args.backbone == EFFICIENTNET:
         pretrained = weights == "DEFAULT"
