@@ -155,12 +155,15 @@ def worker(job):
     index = np.load(cache / f"{job['name']}.index.npy")
     out = {"threads": torch.get_num_threads(), "load_peak_mib": peak_rss_mib()}
     model_path = Path(job["maps"]).with_suffix(".model")
-    if job["impl"] == "skpadim":
+    if job["impl"].startswith("skpadim"):
         import joblib
 
         from skpadim import PadimDetector
 
-        det = PadimDetector(**detector_params(cfg, size))
+        params = detector_params(cfg, size)
+        if job["impl"] == "skpadim-bfloat16":
+            params["backbone_dtype"] = "bfloat16"
+        det = PadimDetector(**params)
         _timed(out, "fit", lambda: det.fit(X_train))
         if not np.array_equal(det.feature_index_, index):
             raise RuntimeError("feature index differs from the prepared one")
@@ -298,6 +301,7 @@ def compare(args):
         for k, (name, n) in enumerate((name, n) for name in names for n in sizes):
             # Alternate which implementation goes first, to balance drift.
             impls = ["skpadim", "anomalib"] if k % 2 == 0 else ["anomalib", "skpadim"]
+            impls += ["skpadim-bfloat16"] if args.bf16 else []
             got = {}
             for impl in impls:
                 tag = f"{name}_{n}_{impl}"
@@ -315,7 +319,7 @@ def compare(args):
                         Path(job["maps"]).unlink()
                 rows.append(res)
                 print(table_row(res), flush=True)
-            if len(got) == 2:
+            if "skpadim" in got and "anomalib" in got:
                 p = parity(*got["skpadim"], *got["anomalib"])
                 p.update(backbone=name, n_train=n)
                 parities.append(p)
@@ -338,6 +342,8 @@ def main(argv=None):
     parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES))
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default {RESULTS})")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also run skpadim with backbone_dtype='bfloat16' (its metrics against float32's)")
     parser.add_argument("--keep-maps", action="store_true", help="keep the anomaly maps (.npy)")
     parser.add_argument("--table", help="re-print the tables of a results.json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -8,7 +8,8 @@ held-out images, factors again and solves for their distances. Both loop
 over small chunks of positions (about 4 MB of float64 each) shared out to one
 Python thread per core, each running torch single-threaded.
 
-Part 1 times the steps on one thread, in ms per position, on random SPD
+Part 1 times the steps on one thread, in CPU ms per position (the calling
+thread's CPU time, which other jobs on a shared machine barely change), on random SPD
 matrices of the PaDiM sizes (d = 100 for resnet18, d = 550 for
 wide_resnet50_2), both at the library's chunk size and at 128 positions per
 chunk, with the alternatives that were considered:
@@ -17,7 +18,11 @@ chunk, with the alternatives that were considered:
   (library) against symmetrizing with ``triu`` and a mirrored copy first;
 * inverse: ``cholesky_inverse`` (library) against ``cholesky_solve(I)`` and
   ``solve_triangular(U, I)`` followed by a product;
-* the calibration's rank-64 downdate and its 64-column triangular solve.
+* the calibration's rank-64 downdate and its 64-column triangular solve;
+* the float32 route (Cholesky, inverse and solve in float32, which would
+  need a float64 check of each result, also timed, and a float64 redo where
+  the check fails): on an AVX2 CPU the float32 LAPACK kernels save less
+  than the check costs, so the library stays in float64 (docs/benchmarks.md).
 
 Part 2 times the library calls on statistics of random embeddings
 (``--positions`` positions, scaled to the 3136 positions of a 224 px image),
@@ -84,6 +89,16 @@ def _steps(c, d):
         Ui = torch.linalg.solve_triangular(U, eye, upper=True)
         return Ui @ Ui.mT
 
+    cov32, U32, held32 = cov.float(), U.float(), held.float()
+    lower = torch.ones(d, d, dtype=torch.bool).tril(-1)
+    probes = torch.randn(d, 2, dtype=torch.float64)
+    inv32 = torch.cholesky_inverse(U32, upper=True)
+
+    def check():  # the float64 error estimate a float32 inverse needs: X (v - A X v)
+        A = torch.where(lower, cov.mT, cov)
+        w = (inv32 @ probes.float()).double()
+        return inv32 @ (probes - A @ w).float()
+
     return {
         "covariance: baddbmm on the float64 copy [library]": form_library,
         "covariance: triu + mirrored copy": form_mirrored,
@@ -94,6 +109,11 @@ def _steps(c, d):
         f"calibration: rank-{HELD} downdate": lambda: cov.clone().baddbmm_(held, held.mT, alpha=-1e-3),
         f"calibration: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
             U.mT, held, upper=False),
+        "float32: Cholesky (upper)": lambda: torch.linalg.cholesky_ex(cov32, upper=True),
+        "float32: inverse, cholesky_inverse": lambda: torch.cholesky_inverse(U32, upper=True),
+        f"float32: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
+            U32.mT, held32, upper=False),
+        "float32: float64 check of one result (2 probes)": check,
     }
 
 
@@ -110,9 +130,9 @@ def part_steps(dims, repeats):
                 for c in chunks:
                     for k, fn in fns[c].items():
                         fn()  # warm
-                        t0 = time.perf_counter()
+                        t0 = time.thread_time()  # CPU time: robust to other jobs on the machine
                         fn()
-                        times[c, k].append(1000 * (time.perf_counter() - t0) / c)
+                        times[c, k].append(1000 * (time.thread_time() - t0) / c)
             for k in fns[chunks[0]]:
                 a, b = median(times[chunks[0], k]), median(times[chunks[1], k])
                 rows.append([str(d), k, f"{a:.3f}", f"{b:.3f}", f"{a * P_224 / 1000:.2f}"])
@@ -203,7 +223,7 @@ def main(argv=None):
     report.text(["## End-of-fit kernels", ""])
     report.text(machine_header(report.env, [f"float64 unless stated; medians of {args.repeats} rounds"]))
     chunks, rows = part_steps(args.dims, args.repeats)
-    report.text(["", "### Steps, one thread, ms per position", ""])
+    report.text(["", "### Steps, one thread, CPU ms per position", ""])
     report.table("steps", ["d", "step", "ms, library chunk (4 MB)", "ms, chunk of 128",
                            f"s for P={P_224}, library chunk"], rows)
     threads, rows = part_calls(args.dims, args.positions, args.repeats)

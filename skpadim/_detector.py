@@ -84,6 +84,15 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         memory independent of the image size). ``'position'``: one Gaussian
         per patch position of every tile location (aligned parts: PaDiM at
         full resolution; memory grows with the image area).
+    backbone_dtype : {"float32", "bfloat16", "float16"}, default="float32"
+        Arithmetic of the backbone's forward pass: ``"bfloat16"`` and
+        ``"float16"`` run it under ``torch.autocast`` (the PaDiM statistics
+        stay in float32/float64). bfloat16 is fast on CPUs with AVX512-BF16
+        or AMX and on recent GPUs; on other CPUs torch emulates it, several
+        times slower than float32, and a warning says so. float16 needs a
+        GPU. The maps differ slightly from float32's (docs/benchmarks.md
+        gives the effect on the metrics); models fitted this way cannot be
+        exported to ONNX.
 
     Attributes
     ----------
@@ -160,6 +169,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         tile_size=None,
         tile_stride=None,
         tile_sharing="shared",
+        backbone_dtype="float32",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -177,6 +187,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.tile_size = tile_size
         self.tile_stride = tile_stride
         self.tile_sharing = tile_sharing
+        self.backbone_dtype = backbone_dtype
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -44,14 +44,15 @@ def test_speed_quick_mode_times_every_stage(tmp_path):
     data = run_quick("speed.py", tmp_path)
     assert set(data["tables"]) == {"resnet18/variants", "resnet18/fit stages", "resnet18/score_samples stages"}
     variants = [row[0] for row in data["tables"]["resnet18/variants"]["rows"]]
-    assert variants == ["backbone", "backbone, profiled",
-                        "fit, end to end", "fit, streaming loop only", "score_samples"]
+    assert variants == ["backbone (float32, NCHW: the baseline)", "backbone, profiled",
+                        "backbone, channels_last", "fit, end to end", "fit, streaming loop only",
+                        "score_samples"]
     stages = [row[0] for row in data["tables"]["resnet18/fit stages"]["rows"]]
     assert "end: calibration (held-out Cholesky + maps)" in stages and stages[-1] == "total (measured)"
     result = data["results"]["resnet18"]
     n_batches = -(-result["n_images"] // result["batch_size"])
     assert n_batches >= 2  # several batches, so that per-batch ranges are counted
-    for key in ("backbone", "backbone_profiled", "fit", "score"):
+    for key in ("backbone", "backbone_profiled", "backbone_cl", "fit", "score"):
         assert all(positive(r["total"]) for r in result["rounds"][key]), key
     for fit in result["rounds"]["fit"]:
         for stage in ("backbone", "embedding", "reservoir"):

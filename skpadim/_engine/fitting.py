@@ -20,6 +20,7 @@ from sklearn.utils import check_random_state
 
 from .. import _labels
 from . import params as _params
+from .dtypes import check_backbone_dtype
 from .backbone import build_backbone, default_layers, default_n_features
 from .embedding import random_feature_index
 from .images import check_images
@@ -84,6 +85,7 @@ def start(est, images):
     """An empty state for ``est``'s parameters (already validated) and first images."""
     _params.check_custom_module_layers(est)
     device = _params.resolve_device(est.device)
+    check_backbone_dtype(est.backbone_dtype, device)
     rng = check_random_state(est.random_state)
     model, _ = build_backbone(est.backbone, est.weights, seed=rng.randint(2**31 - 1))
     model = model.eval().requires_grad_(False).to(device)

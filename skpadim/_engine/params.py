@@ -128,6 +128,7 @@ CONSTRAINTS = {
         _Check(_size_pair, "a (height, width) pair of positive ints"),
     ],
     "tile_sharing": [StrOptions({"position", "shared"})],
+    "backbone_dtype": [StrOptions({"float32", "bfloat16", "float16"})],
 }
 
 
@@ -236,6 +237,8 @@ def embedding_params(est):
         "image_size": None if est.image_size is None else list(image_size_pair(est.image_size)),
         "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
         **_tile_params(est),
+        # Only when not float32, so that models saved before the option resume as before.
+        **({} if est.backbone_dtype == "float32" else {"backbone_dtype": est.backbone_dtype}),
     }
 
 

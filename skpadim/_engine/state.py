@@ -22,10 +22,12 @@ exactly (:meth:`merged`).
 
 import copy
 import json
+import threading
 
 import numpy as np
 import torch
 
+from . import dtypes as _dtypes
 from .calibration import CAPACITY, CalibrationSample, flagged_fraction, n_held_out, offset_for
 from .embedding import PatchEmbedding
 from .gaussian import GaussianStats
@@ -54,8 +56,23 @@ def stats_device(device):
     return torch.device("cpu") if device.type == "mps" else device
 
 
+#: Device types whose backbone runs in the channels_last memory format (NHWC):
+#: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
+#: resnet18 and wide_resnet50_2 (benchmarks/speed.py), with the same results
+#: up to float32 rounding. Not yet measured on GPUs.
+CHANNELS_LAST = {"cpu"}
+
+
 class Embedder:
-    """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels."""
+    """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels.
+
+    On the devices of :data:`CHANNELS_LAST`, the backbone's weights and
+    inputs are put in the channels_last memory format (the normalization
+    writes its output in that layout, so the conversion costs no extra
+    pass); a backbone whose forward pass fails in that layout (a custom
+    module that calls ``view`` on its input, say) is put back in the default
+    layout at its first failure and run again.
+    """
 
     def __init__(self, model, spec, feature_index, device, taps=None):
         self.model = model.eval().requires_grad_(False).to(device)
@@ -70,6 +87,35 @@ class Embedder:
         self._norm = None if norm is None else tuple(
             torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in norm
         )
+        self.dtype = spec["params"].get("backbone_dtype", "float32")
+        _dtypes.warn_if_emulated(self.dtype, device)
+        self.channels_last = torch.device(device).type in CHANNELS_LAST
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._layout_lock = threading.Lock()
+
+    def _input(self, x, memory_format):
+        """The normalized input, in ``memory_format`` (one pass over the batch)."""
+        if self._norm is None:
+            return x.contiguous(memory_format=memory_format)
+        out = torch.empty_like(x, memory_format=memory_format)
+        return torch.sub(x, self._norm[0], out=out).div_(self._norm[1])
+
+    def forward(self, x):
+        """The tapped layers' float32 outputs for the (B, 3, h, w) images ``x`` in [0, 1]."""
+        if self.channels_last:
+            try:
+                with _dtypes.autocast(self.dtype, self.device):
+                    feats = self.taps(self._input(x, torch.channels_last))
+                return [f.float() for f in feats]
+            except RuntimeError:
+                with self._layout_lock:  # back to the default layout, once, and retry
+                    if self.channels_last:
+                        self.channels_last = False
+                        self.model.to(memory_format=torch.contiguous_format)
+        with _dtypes.autocast(self.dtype, self.device):
+            feats = self.taps(self._input(x, torch.contiguous_format))
+        return [f.float() for f in feats]
 
     @property
     def n_tiles(self):
@@ -130,11 +176,9 @@ class Embedder:
                 if self.native:
                     check_native(sizes, self.image_size)
                 with stage("backbone"):
-                    if self._norm is not None:
-                        x = (x - self._norm[0]) / self._norm[1]
                     if self.tiling is not None:
-                        x = self.tiling.split(x)
-                    feats = self.taps(x)
+                        x = self.tiling.split(x)  # normalization is per pixel: split first
+                    feats = self.forward(x)
                 with stage("embedding"):
                     emb = self.patches(feats)
                     if self.tiling is not None:

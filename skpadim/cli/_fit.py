@@ -74,6 +74,9 @@ def add_parser(subparsers):
                    help="sets the threshold: 'auto' (Tukey's far-out fence on held-out training "
                         "images) or the fraction of them to flag (default: auto)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
+    p.add_argument("--backbone-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="arithmetic of the backbone: bfloat16 is fast on CPUs with AVX512-BF16 or AMX "
+                        "and on GPUs, float16 on GPUs only (default: float32)")
     add_run_options(p, batch_size=32, scheduler=True)
     return p
 

@@ -80,6 +80,7 @@ def detector_params(args):
         device=args.device,
         random_state=args.seed,
         contamination=args.contamination,
+        backbone_dtype=getattr(args, "backbone_dtype", "float32"),
     )
     if getattr(args, "tile_size", None) is not None:
         params.update(tile_size=args.tile_size, tile_stride=args.tile_stride,

@@ -53,6 +53,13 @@ def fitted_facts(det):
             "support yet: the exported graph takes whole images at one image_size. Use the "
             "detector in Python, or fit one without tile_size to export it."
         )
+    dtype = state.spec["params"].get("backbone_dtype", "float32") if state is not None else "float32"
+    if dtype != "float32":
+        raise ValueError(
+            f"This detector was fitted with backbone_dtype={dtype!r}; the exported graph runs "
+            "the backbone in float32, so its maps would differ from the detector's. Fit with "
+            "backbone_dtype='float32' to export."
+        )
     if state is not None:  # the values fixed at fit, whatever set_params did since
         norm = state.spec["normalize"]
         return {
