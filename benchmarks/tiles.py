@@ -167,7 +167,9 @@ def _row(name, variant, r, megapixels):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1024, 2048], help="synthetic image sides (none: skip)")
+    p.add_argument("--mt-train", type=int, default=120, help="Magnetic Tile training images")
+    p.add_argument("--mt-test-step", type=int, default=3, help="every how many Magnetic Tile test images to score")
     p.add_argument("--n-train", type=int, nargs="+", default=[40, 16], help="training images per size")
     p.add_argument("--n-test", type=int, nargs="+", default=[15, 8],
                    help="good and defective test images (each) per size")
@@ -206,12 +208,13 @@ def main(argv=None):
     root = os.environ.get("SKPADIM_MAGNETIC_TILE", os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "..", "shared", "data", "magnetic-tile"))
     if not args.no_magnetic_tile and os.path.isdir(os.path.join(root, "MT_Free")):
-        case = {"kind": "magnetic-tile", "name": "Magnetic Tile", "root": root, "n_train": 120,
-                "test_step": 3, "native_size": [320, 320], "tile": 224, "stride": 96, "squash": 224,
+        case = {"kind": "magnetic-tile", "name": "Magnetic Tile", "root": root, "n_train": args.mt_train,
+                "test_step": args.mt_test_step, "native_size": [320, 320], "tile": 224, "stride": 96, "squash": 224,
                 "n_features": args.n_features, "batch_size": args.batch_size}
         for variant in VARIANTS:
             r = results[f"magnetic-tile/{variant}"] = _run(case, variant)
-            rows.append(_row("Magnetic Tile (120 train, every 3rd test)", variant, r, 320 * 320 / 1e6))
+            rows.append(_row(f"Magnetic Tile ({args.mt_train} train, {r.get('n_test', '?')} test)", variant, r,
+                             320 * 320 / 1e6))
     report.table("tiles", header, rows)
     report.text(["", "Tiles: 256 px, no overlap (Magnetic Tile: 320 x 320 px in 224 px tiles every 96 "
                  "px; its images are 222-632 px a side). resnet18, random weights, n_features="
