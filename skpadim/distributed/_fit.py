@@ -152,6 +152,7 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
     parts = partition_bounds(len(paths), partition_size, client)
     with fitting.one_call_at_a_time(detector):
         params = SimpleNamespace(**_params.validated(detector))
+        _check_supported(params)
         # The client reads no image: the paths are the workers' (channels: from the files).
         empty = fitting.start(params, ImageSet(items=paths, n_channels=None))
         rng = copy.deepcopy(empty.rng)
@@ -178,6 +179,17 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
             model_f.release()
         detector._state = _assemble(empty, rng, sample, blocks, params)
     return detector
+
+
+def _check_supported(params):
+    """Refuse what the distributed fit does not do yet, before any work."""
+    if params.image_size is None or params.tile_size is not None:
+        what = "image_size=None" if params.image_size is None else f"tile_size={params.tile_size!r}"
+        raise ValueError(
+            f"skpadim.distributed.fit does not support {what} yet (native sizes and tiles); "
+            "fit this detector in one process with detector.fit, or set an image_size without "
+            "tiles."
+        )
 
 
 def _graph(model_f, paths, parts, keys, bounds, epsilon, split_every, name):
