@@ -137,7 +137,10 @@ def first_size(images):
 
 def check_frozen(state, est):
     """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
+    # Keys left out at their default (so that older models resume) compare as that default.
+    default = {"backbone_dtype": "float32"}
     old, new = state.spec["params"], _params.embedding_params(est)
+    old, new = {**default, **old}, {**default, **new}
     for name in {**old, **new}:
         if old.get(name) != new.get(name):
             raise ValueError(
