@@ -116,6 +116,8 @@ def start(est, images):
         "device": str(device),
         "params": params,
     }
+    if est.neighbourhood != 1:  # (absent: the paper's embedding, as in earlier files)
+        spec["neighbourhood"] = int(est.neighbourhood)
     sampler = np.random.default_rng(rng.randint(2**31 - 1))  # draws the calibration keys
     return FittedState.empty(spec, index, model, device, sampler, taps)
 
@@ -123,10 +125,12 @@ def start(est, images):
 def check_frozen(state, est):
     """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
     old, new = state.spec["params"], _params.embedding_params(est)
-    for name in old:
-        if old[name] != new[name]:
+    for name in {**old, **new}:
+        default = _params.OPTIONAL_DEFAULTS.get(name)
+        before, after = old.get(name, default), new.get(name, default)
+        if before != after:
             raise ValueError(
-                f"The {name!r} parameter changed from {old[name]!r} to {new[name]!r} since "
+                f"The {name!r} parameter changed from {before!r} to {after!r} since "
                 "the first partial_fit call; it defines the embedding, so call fit to start "
                 "over with the new value."
             )
@@ -163,5 +167,5 @@ def extend(state, images, est):
                 new = state.replaced(stats, sample, rng)
                 new.fit_gaussians(est.epsilon)
             with stage("calibration"):
-                new.calibrate(est.sigma, est.contamination)
+                new.calibrate(est.sigma, est.contamination, est.image_score, est.shift_tolerance)
     return new

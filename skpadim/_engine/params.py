@@ -116,7 +116,12 @@ CONSTRAINTS = {
     "device": [_Check(_device, "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
+    "image_score": [StrOptions({"max"}), _Reals(numbers.Real, 0, 1, closed="neither")],
+    "neighbourhood": [_Check(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd int >= 1")],
+    "shift_tolerance": [_Ints(numbers.Integral, 0, None, closed="left")],
 }
+# Embedding parameters that states fitted before they existed lack, with the value they had.
+OPTIONAL_DEFAULTS = {"neighbourhood": 1}
 
 
 def validated(est):
@@ -218,4 +223,6 @@ def embedding_params(est):
         "n_features": None if est.n_features is None else int(est.n_features),
         "image_size": list(image_size_pair(est.image_size)),
         "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
+        # Only when set: the paper's embedding is described as before.
+        **({} if est.neighbourhood == 1 else {"neighbourhood": int(est.neighbourhood)}),
     }

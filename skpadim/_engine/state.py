@@ -29,14 +29,18 @@ import torch
 from .calibration import CAPACITY, CalibrationSample, flagged_fraction, n_held_out, offset_for
 from .embedding import PatchEmbedding
 from .gaussian import GaussianStats
-from .maps import anomaly_maps
+from .maps import anomaly_maps, image_scores
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
 
 _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normalize", "n_channels",
               "device", "params"}
+# Embedding keys that files written before they existed lack (their value was 1).
+_SPEC_OPTIONAL = {"neighbourhood"}
 _FITTED_KEYS = {"epsilon", "sigma", "contamination", "offset"}
+# Fitted values that files written before they existed lack, with the value they mean.
+_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0}
 
 
 class InconsistentState(ValueError):
@@ -60,7 +64,8 @@ class Embedder:
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = device
         self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
-        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device)
+        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device,
+                                      spec.get("neighbourhood", 1))
         self.image_size = tuple(spec["image_size"])
         norm = spec["normalize"]
         self._norm = None if norm is None else tuple(
@@ -107,6 +112,8 @@ class FittedState:
         self.sample = sample
         self.rng = rng
         self.epsilon = self.sigma = self.contamination = self.offset = None
+        self.image_score = "max"
+        self.shift_tolerance = 0
         self.mean = self.precision = self.calibration = None
         self.device_mean = self.device_precision = None
 
@@ -172,21 +179,24 @@ class FittedState:
         self.precision = precision.cpu().numpy()
         self._to_device(precision)
 
-    def calibrate(self, sigma, contamination):
+    def calibrate(self, sigma, contamination, image_score="max", shift_tolerance=0):
         """Score the held-out calibration images and set the offset."""
         self.sigma = float(sigma)
+        self.image_score = image_score if image_score == "max" else float(image_score)
+        self.shift_tolerance = int(shift_tolerance)
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
         emb = self.embedder.patches.embed_kept(items).to(self.stats.outer.device)
-        dist = self.stats.distances_of(emb, self.epsilon, held_out=n >= 2)  # (P, k)
+        dist = self.stats.distances_of(emb, self.epsilon, held_out=n >= 2,  # (P, k)
+                                       radius=self.shift_tolerance, grid=self.grid)
         dist = dist.T.float().reshape(-1, *self.grid).to(self.embedder.device)
         maps = anomaly_maps(dist, self.embedder.image_size, self.sigma)
-        self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()
+        self.calibration = -image_scores(maps, self.image_score).double().cpu().numpy()
         self.recalibrate(contamination)
 
-    def finalize(self, epsilon, sigma, contamination):
+    def finalize(self, epsilon, sigma, contamination, image_score="max", shift_tolerance=0):
         self.fit_gaussians(epsilon)
-        self.calibrate(sigma, contamination)
+        self.calibrate(sigma, contamination, image_score, shift_tolerance)
         return self
 
     def _to_device(self, precision):
@@ -233,6 +243,10 @@ class FittedState:
             arrays["calibration"] = np.asarray(self.calibration, dtype=np.float64)
             fitted = {"epsilon": self.epsilon, "sigma": self.sigma,
                       "contamination": self.contamination, "offset": float(self.offset)}
+            if self.image_score != "max":
+                fitted["image_score"] = self.image_score
+            if self.shift_tolerance:
+                fitted["shift_tolerance"] = self.shift_tolerance
         st = self.rng.bit_generator.state
         rng = {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
                "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
@@ -267,6 +281,8 @@ class FittedState:
         if fitted is not None:
             state.epsilon, state.sigma = float(fitted["epsilon"]), float(fitted["sigma"])
             state.contamination, state.offset = fitted["contamination"], float(fitted["offset"])
+            state.image_score = fitted.get("image_score", "max")
+            state.shift_tolerance = fitted.get("shift_tolerance", 0)
             state.mean = state.stats.mean().cpu().numpy()
             precision = unpack(arrays["precision_upper"], len(index))
             state.precision = precision.numpy()
@@ -319,7 +335,9 @@ def _check(arrays, meta, source):
 
     need(isinstance(meta, dict) and set(meta) == {"spec", "n", "rng", "fitted"}, "metadata keys")
     spec, n, fitted = meta["spec"], meta["n"], meta["fitted"]
-    need(isinstance(spec, dict) and set(spec) == _SPEC_KEYS, "embedding keys")
+    need(isinstance(spec, dict) and _SPEC_KEYS <= set(spec) <= _SPEC_KEYS | _SPEC_OPTIONAL, "embedding keys")
+    k = spec.get("neighbourhood", 1)
+    need(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1, "neighbourhood")
     need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "image count")
     shapes, layers = spec["shapes"], spec["layers"]
     need(isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers)
@@ -358,7 +376,12 @@ def _check(arrays, meta, source):
         if kept:
             expected[f"sample.layer{i}"] = ((m, kept, lh, lw), np.float32)
     if fitted is not None:
-        need(isinstance(fitted, dict) and set(fitted) == _FITTED_KEYS and n >= 1, "fitted scalars")
+        need(isinstance(fitted, dict) and _FITTED_KEYS <= set(fitted) <= _FITTED_KEYS | set(_FITTED_OPTIONAL)
+             and n >= 1, "fitted scalars")
+        score = fitted.get("image_score", "max")
+        need(score == "max" or (isinstance(score, float) and 0 < score < 1), "image_score")
+        r = fitted.get("shift_tolerance", 0)
+        need(isinstance(r, int) and not isinstance(r, bool) and r >= 0, "shift_tolerance")
         need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))
              and fitted["epsilon"] > 0 and fitted["sigma"] >= 0, "epsilon, sigma or offset")
         c = fitted["contamination"]
