@@ -50,6 +50,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import environment, machine_header, write_json  # noqa: E402
+from _common import environment, machine_header, table, write_json  # noqa: E402
 
 REPO = HERE.parent
 DEFAULT_ROOT = os.environ.get(
@@ -187,33 +188,11 @@ def oas_precision(stats):
     return out, torch.cat(alphas)
 
 
-def neighbour_min(emb, mean, precision, grid, radius=1):
-    """Smallest Mahalanobis distance (B, h, w) to the Gaussians of the (2r+1)^2 neighbours."""
-    import torch
-
-    H, W = grid
-    P, d, B = emb.shape
-    e, m, pr = emb.view(H, W, d, B), mean.view(H, W, d), precision.view(H, W, d, d)
-    best = torch.full((H, W, B), math.inf)
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            py = slice(max(0, -dy), H - max(0, dy))
-            px = slice(max(0, -dx), W - max(0, dx))
-            qy = slice(max(0, dy), H + min(0, dy))
-            qx = slice(max(0, dx), W + min(0, dx))
-            diff = e[py, px] - m[qy, qx, :, None]
-            h, w = diff.shape[:2]
-            t = torch.bmm(pr[qy, qx].reshape(-1, d, d), diff.reshape(-1, d, B))
-            d2 = (t * diff.reshape(-1, d, B)).sum(1).view(h, w, B)
-            torch.minimum(best[py, px], d2, out=best[py, px])
-    return best.clamp_(min=0).sqrt_().permute(2, 0, 1).contiguous()
-
-
 def run_backbone(name, data, cache, timings):
     """Distance grids (N_test, h, w) of every map variant, and the times."""
     import torch
 
-    from skpadim._engine.distances import mahalanobis
+    from skpadim._engine.distances import mahalanobis, mahalanobis_min
     from skpadim._engine.gaussian import GaussianStats
 
     size = tuple(data["test"].shape[1:])
@@ -230,6 +209,14 @@ def run_backbone(name, data, cache, timings):
     dists = {}
     for fit_kind in ("base", "nbr3", "nbr5", "oas"):
         pool = {"nbr3": 3, "nbr5": 5}.get(fit_kind, 1)
+        modes = {"base": ["plain", "align", *FLIPS], "nbr3": ["plain", "align"]}.get(fit_kind, ["plain"])
+        keys = [fit_kind if m == "plain" else f"{fit_kind}+{m}" for m in modes]
+        if all(base.with_name(f"{name}.dist.{k}.npy").exists() for k in keys):
+            mean = precision = grid = None  # every map of this fit is cached
+            for k in keys:
+                dists[k] = torch.from_numpy(np.load(base.with_name(f"{name}.dist.{k}.npy")))
+                timings.update(json.loads(base.with_name(f"{name}.dist.{k}.json").read_text()))
+            continue
         t0 = time.perf_counter()
         stats = None
         for a in range(0, len(data["train"]), 64):
@@ -247,22 +234,30 @@ def run_backbone(name, data, cache, timings):
         del stats
         modes = {"base": ["plain", "align", *FLIPS], "nbr3": ["plain", "align"]}.get(fit_kind, ["plain"])
         for mode in modes:
+            key = fit_kind if mode == "plain" else f"{fit_kind}+{mode}"
+            saved = base.with_name(f"{name}.dist.{key}.npy")
+            if saved.exists():  # computed by an earlier, interrupted run
+                dists[key] = torch.from_numpy(np.load(saved))
+                timings.update(json.loads(saved.with_suffix(".json").read_text()))
+                continue
             out = torch.empty(N, *grid)
             t0 = time.perf_counter()
             for a in range(0, N, BATCH):
                 emb, _ = embed(flips.get(mode, te), a, a + BATCH, pool)
-                if mode == "align":
-                    out[a:a + BATCH] = neighbour_min(emb, mean, precision, grid)
+                if mode == "align":  # skpadim's shift_tolerance=1
+                    out[a:a + BATCH] = mahalanobis_min(emb, mean, precision, grid, 1).reshape(-1, *grid)
                 else:
                     dist = mahalanobis(emb, mean, precision).reshape(-1, *grid)
                     if mode in FLIPS:  # (B, h, w): the same last two axes as the image
                         dist = 0.5 * (dist.flip(FLIPS[mode]) + dists[fit_kind][a:a + BATCH])
                     out[a:a + BATCH] = dist
-            key = fit_kind if mode == "plain" else f"{fit_kind}+{mode}"
             timings[f"predict_head_s/{key}"] = time.perf_counter() - t0
             if mode in FLIPS:  # the unflipped pass is shared: count it too
                 timings[f"predict_head_s/{key}"] += timings[f"predict_head_s/{fit_kind}"]
             dists[key] = out
+            np.save(saved, out.numpy())
+            saved.with_suffix(".json").write_text(json.dumps(
+                {k: v for k, v in timings.items() if k.endswith((f"/{key}", f"/{fit_kind}")) or k.startswith(fit_kind)}))
             print(f"  {name} {key}: {timings[f'predict_head_s/{key}']:.1f} s", flush=True)
     return dists
 
@@ -392,20 +387,20 @@ def fmt_delta(d):
     return f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]"
 
 
-def markdown(dataset, backbone, rows, chosen, timings):
-    lines = [f"### {dataset}, {backbone}", "",
-             "| variant | select: image / pixel / AUPRO | report: image AUROC | pixel AUROC | AUPRO "
-             "| d image AUROC [95% CI] | d pixel AUROC [95% CI] | d AUPRO [95% CI] | head predict s |",
-             "|---|---|---:|---:|---:|---|---|---|---:|"]
+HEADER = ["variant", "select: image / pixel / AUPRO", "report: image AUROC", "pixel AUROC", "AUPRO",
+          "d image AUROC [95% CI]", "d pixel AUROC [95% CI]", "d AUPRO [95% CI]", "head predict s"]
+
+
+def table_rows(rows, timings):
+    out = []
     for r in rows:
         key = r["variant"].split("/")[0]
         t = timings.get(f"predict_head_s/{key}", float("nan"))
         sel = " / ".join(f"{r[f'select/{m}']:.4f}" for m in ("image_auroc", "pixel_auroc", "aupro"))
-        lines.append(f"| {r['variant']} | {sel} | {r['report/image_auroc']:.4f} | {r['report/pixel_auroc']:.4f} "
-                     f"| {r['report/aupro']:.4f} | {fmt_delta(r['delta/image_auroc'])} "
-                     f"| {fmt_delta(r['delta/pixel_auroc'])} | {fmt_delta(r['delta/aupro'])} | {t:.1f} |")
-    lines += ["", "Chosen on the selection half: " + ", ".join(f"{f}: {k}" for f, k in chosen.items()), ""]
-    return lines
+        out.append([r["variant"], sel, f"{r['report/image_auroc']:.4f}", f"{r['report/pixel_auroc']:.4f}",
+                    f"{r['report/aupro']:.4f}", fmt_delta(r["delta/image_auroc"]),
+                    fmt_delta(r["delta/pixel_auroc"]), fmt_delta(r["delta/aupro"]), f"{t:.1f}"])
+    return out
 
 
 def main(argv=None):
@@ -414,12 +409,19 @@ def main(argv=None):
     p.add_argument("--data", choices=["all", "mt", "shifted"], default="all")
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES))
     p.add_argument("--root", default=DEFAULT_ROOT)
-    p.add_argument("--cache", default="/tmp/skpadim-accuracy2")
+    p.add_argument("--cache", default=None,
+                   help="feature cache (default: /tmp/skpadim-accuracy2; --quick: a temporary folder)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     import torch
 
-    cache = Path(args.cache) / ("quick" if args.quick else "full")
+    if args.cache is None and args.quick:
+        tmp = tempfile.TemporaryDirectory(prefix="skpadim-accuracy2-")
+        args.cache = tmp.name
+    if args.quick:  # a smoke run: fewer resamples and bins
+        global N_BOOT, N_BINS
+        N_BOOT, N_BINS = 200, 1024
+    cache = Path(args.cache or "/tmp/skpadim-accuracy2") / ("quick" if args.quick else "full")
     out = Path(args.json) if args.json else HERE / "results" / "accuracy_round2" / (
         "quick.json" if args.quick else "full.json")
     env = environment(["torch", "torchvision", "scikit-learn"])
@@ -428,9 +430,8 @@ def main(argv=None):
     if args.data in ("all", "shifted"):
         sets.append(("shifted parts (generated)", lambda: shifted_parts(args.quick)))
     if args.data in ("all", "mt") and not args.quick:
-        sets.append(("Magnetic Tile", lambda: magnetic_tile(Path(args.root), Path(args.cache), False)))
-    report = dict(environment=env, quick=args.quick, results=[])
-    lines = []
+        sets.append(("Magnetic Tile", lambda: magnetic_tile(Path(args.root), cache.parent, False)))
+    report = dict(environment=env, quick=args.quick, tables={}, results=[])
     for dataset, load in sets:
         data = load()
         n = len(data["test"])
@@ -452,9 +453,16 @@ def main(argv=None):
                 del maps
             rows = summarize(evaluate(dists, data, halves))
             chosen = choose(rows)
-            block = markdown(dataset, name, rows, chosen, timings)
-            print("\n".join(block), flush=True)
-            lines += block
+            # Shown: every image score on the paper's maps, the other maps with the
+            # maximum and with the image score chosen on the selection half.
+            score = chosen["image score"].split("/")[1]
+            rows = [r for r in rows if r["variant"].startswith("base/")
+                    or r["variant"].endswith(("/max", f"/{score}"))]
+            cells = table_rows(rows, timings)
+            report["tables"][f"{dataset} / {name}"] = dict(header=HEADER, rows=cells)
+            print(f"\n### {dataset}, {name}\n", *table(HEADER, cells),
+                  "\nChosen on the selection half: " + ", ".join(f"{f}: {k}" for f, k in chosen.items()),
+                  sep="\n", flush=True)
             report["results"].append(dict(dataset=dataset, backbone=name, rows=rows, chosen=chosen,
                                           timings=timings, n_test=n))
             out.parent.mkdir(parents=True, exist_ok=True)

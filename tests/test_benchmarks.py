@@ -113,3 +113,17 @@ def test_other_quick_modes_run(script, expected, tmp_path):
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     for text in expected:
         assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout[-3000:]}"
+
+
+def test_accuracy_round2_quick_mode(tmp_path):
+    data = run_quick("accuracy_round2.py", tmp_path)
+    (res,) = data["results"]
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert {"base/max", "base/top1%", "base+align/max", "nbr3/max", "oas/max", "base+flip-h/max"} <= set(rows)
+    base = rows["base/max"]
+    assert base["delta/image_auroc"] == [0.0, 0.0, 0.0]
+    for r in rows.values():
+        for m in ("image_auroc", "pixel_auroc", "aupro"):
+            point, lo, hi = r[f"delta/{m}"]
+            assert lo <= point + 1e-12 and point <= hi + 1e-12 and 0 <= r[f"report/{m}"] <= 1, r
+    assert set(res["chosen"]) == {"image score", "neighbourhood", "misalignment", "flips", "covariance"}
