@@ -267,8 +267,6 @@ def run_backbone(name, data, cache, timings):
 # Metrics and the paired bootstrap
 # --------------------------------------------------------------------------
 def maps_and_scores(dist, size):
-    import torch
-
     from skpadim._engine.maps import anomaly_maps
 
     maps = anomaly_maps(dist, size, SIGMA)

@@ -37,7 +37,7 @@ def top_mean_reference(maps, fraction):
 # ---------------------------------------------------------------- image_score
 
 
-@pytest.mark.parametrize("fraction", [0.01, 0.1, 1e-9, 0.999])
+@pytest.mark.parametrize("fraction", [0.01, 1e-9])
 def test_image_score_is_the_mean_of_the_top_fraction(data, fraction):
     X, X_test = data
     det = PadimDetector(**SMALL, image_score=fraction).fit(X[:30])
