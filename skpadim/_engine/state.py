@@ -7,9 +7,9 @@ A :class:`FittedState` holds
   normalization, as a JSON ``spec`` plus the ``feature_index`` array;
 * what accumulates over the images: the running statistics, the
   calibration sample and the random generator that draws its keys;
-* what is derived from them at the end of each fit call: ``epsilon`` and
-  ``sigma`` in use, the means and precisions, the held-out calibration
-  scores and the offset.
+* what is derived from them at the end of each fit call: ``epsilon``,
+  ``sigma``, ``image_score`` and ``shift_tolerance`` in use, the means and
+  precisions, the held-out calibration scores and the offset.
 
 It is never modified once a detector holds it, except for ``offset`` (a
 threshold the user may set): a fit call builds a new state next to it and
