@@ -93,6 +93,24 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         GPU. The maps differ slightly from float32's (docs/benchmarks.md
         gives the effect on the metrics); models fitted this way cannot be
         exported to ONNX.
+    image_score : 'max' or float in (0, 1), default='max'
+        How an image's anomaly score (``-score_samples``) comes from its map
+        at ``image_size``: its maximum (the paper), or, for a float ``f``,
+        the mean of its ``ceil(f * h * w)`` highest values, which one hot
+        pixel cannot decide alone (docs/accuracy.md). Fixed at fit, like
+        ``sigma``.
+    neighbourhood : odd int, default=1
+        Every kept channel of every layer is averaged over the
+        ``neighbourhood x neighbourhood`` positions around each position of
+        its layer before the embedding (as PatchCore does), so that each
+        patch also sees its context; 1 (the paper): no averaging.
+    shift_tolerance : int, default=0
+        Misalignment tolerance, in steps of the patch grid: a patch's
+        distance is the smallest of its distances to the Gaussians of the
+        ``(2 * shift_tolerance + 1) ** 2`` positions around its own, so that
+        parts a little off their registered place are not flagged for it.
+        Costs about that many times the distance computation of predict.
+        0 (the paper): its own position only. Fixed at fit, like ``sigma``.
 
     Attributes
     ----------
@@ -170,6 +188,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         tile_stride=None,
         tile_sharing="shared",
         backbone_dtype="float32",
+        image_score="max",
+        neighbourhood=1,
+        shift_tolerance=0,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -188,6 +209,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.tile_stride = tile_stride
         self.tile_sharing = tile_sharing
         self.backbone_dtype = backbone_dtype
+        self.image_score = image_score
+        self.neighbourhood = neighbourhood
+        self.shift_tolerance = shift_tolerance
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -244,8 +268,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Add images to the running statistics (same result as one ``fit``).
 
-        backbone, layers, weights, n_features, image_size, normalize and the
-        tile parameters must not change between calls. A failed call leaves the detector as it was.
+        backbone, layers, weights, n_features, image_size, normalize,
+        neighbourhood, backbone_dtype and the tile parameters must not change
+        between calls. A failed call leaves the detector as it was.
 
         Parameters
         ----------
@@ -304,7 +329,10 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return (maps, scores) if return_scores else maps
 
     def score_samples(self, X):
-        """Minus the maximum of each image's anomaly map (lower = more abnormal).
+        """Minus each image's anomaly score (lower = more abnormal).
+
+        The score is the maximum of the image's map at ``image_size``, or the
+        mean of its highest values (``image_score``).
 
         Parameters
         ----------

@@ -26,7 +26,19 @@ def preprocessed(det, X):
     return torch.cat([(x - mean) / std for x, _ in images.batches(7, size, "cpu")])
 
 
-def embeddings(det, X):
+def window_mean(f, k):
+    """(N, C, h, w) -> the mean over the k x k window around every position, inside the map."""
+    out = np.zeros_like(f)
+    h, w = f.shape[-2:]
+    r = k // 2
+    for y in range(h):
+        for x in range(w):
+            win = f[:, :, max(0, y - r):y + r + 1, max(0, x - r):x + r + 1]
+            out[:, :, y, x] = win.mean(axis=(2, 3))
+    return out
+
+
+def embeddings(det, X, neighbourhood=1):
     """(N, d, h, w) float64 embeddings computed the long way."""
     x = preprocessed(det, X)
     outputs = {}
@@ -42,7 +54,7 @@ def embeddings(det, X):
         assert "was removed" in str(exc)
     for h in hooks:
         h.remove()
-    feats = [outputs[name].double() for name in det.layers_]
+    feats = [torch.from_numpy(window_mean(outputs[name].double().numpy(), neighbourhood)) for name in det.layers_]
     grid = max((f.shape[-2:] for f in feats), key=lambda s: s[0] * s[1])
     full = torch.cat([F.interpolate(f, size=grid, mode="nearest") for f in feats], dim=1)
     return full[:, torch.as_tensor(det.feature_index_)].numpy()
@@ -62,15 +74,25 @@ def fit_gaussians(E, epsilon):
     return np.array(means), np.array(precisions)
 
 
-def maps(E, mean, precision, image_size, sigma):
-    """Smoothed anomaly maps (N, *image_size), float64."""
+def maps(E, mean, precision, image_size, sigma, radius=0):
+    """Smoothed anomaly maps (N, *image_size), float64.
+
+    ``radius``: a patch's distance is the smallest over the Gaussians of the
+    positions within ``radius`` rows and columns of its own.
+    """
     N, d, h, w = E.shape
     flat = E.reshape(N, d, -1)
     dist = np.zeros((N, h * w))
     for i in range(N):
         for p in range(h * w):
-            diff = flat[i, :, p] - mean[p]
-            dist[i, p] = np.sqrt(max(diff @ precision[p] @ diff, 0.0))
+            y, x = divmod(p, w)
+            best = np.inf
+            for qy in range(max(0, y - radius), min(h, y + radius + 1)):
+                for qx in range(max(0, x - radius), min(w, x + radius + 1)):
+                    q = qy * w + qx
+                    diff = flat[i, :, p] - mean[q]
+                    best = min(best, diff @ precision[q] @ diff)
+            dist[i, p] = np.sqrt(max(best, 0.0))
     up = F.interpolate(
         torch.from_numpy(dist.reshape(N, 1, h, w)), size=image_size, mode="bilinear", align_corners=False
     )[:, 0].numpy()

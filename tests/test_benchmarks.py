@@ -127,3 +127,17 @@ def test_tiles_quick_mode(tmp_path):
         assert all(0 <= case[m] <= 1 for m in ("image_auroc", "pixel_auroc", "aupro")), key
     shared, position = data["results"]["cases"]["64/tiles, shared"], data["results"]["cases"]["64/tiles, position"]
     assert shared["params"]["tile_size"] == position["params"]["tile_size"] == 32
+
+
+def test_accuracy_round2_quick_mode(tmp_path):
+    data = run_quick("accuracy_round2.py", tmp_path)
+    (res,) = data["results"]
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert {"base/max", "base/top1%", "base+align/max", "nbr3/max", "oas/max", "base+flip-h/max"} <= set(rows)
+    base = rows["base/max"]
+    assert base["delta/image_auroc"] == [0.0, 0.0, 0.0]
+    for r in rows.values():
+        for m in ("image_auroc", "pixel_auroc", "aupro"):
+            point, lo, hi = r[f"delta/{m}"]
+            assert lo <= point + 1e-12 and point <= hi + 1e-12 and 0 <= r[f"report/{m}"] <= 1, r
+    assert set(res["chosen"]) == {"image score", "neighbourhood", "misalignment", "flips", "covariance"}

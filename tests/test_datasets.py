@@ -120,6 +120,40 @@ def test_all_default_defect_types_appear():
     assert set(kinds) == set(DEFECT_TYPES)
 
 
+def test_misalignment_none_keeps_the_images_of_earlier_versions():
+    a = make_anomaly_images(4, 3, image_size=48, random_state=5)
+    b = make_anomaly_images(4, 3, image_size=48, random_state=5, misalignment=None)
+    for x, z in zip(a, b):
+        np.testing.assert_array_equal(x, z)
+
+
+def test_misalignment_moves_a_registered_part_and_keeps_masks_exact():
+    kw = dict(image_size=64, grayscale=True, random_state=3)
+    plain = _generate(6, 6, **kw)[3]
+    aligned = _generate(6, 6, misalignment=(0.0, 0.0), **kw)[3]
+    X, y, masks, clean, _ = _generate(6, 6, misalignment=(0.1, 10.0), **kw)
+    # The same textures (the part is drawn after them), with the part painted over.
+    part = aligned != plain
+    assert 0.05 < part[0].mean() < 0.2
+    assert (part[1:] <= part[0]).all()  # aligned: the same pixels in every image
+    moved = clean != plain
+    centres = [np.argwhere(m).mean(0) for m in moved]
+    assert len({tuple(np.round(c, 1)) for c in centres}) == 12  # a pose per image
+    assert max(np.abs(c - 31.5).max() for c in centres) <= 0.1 * 64 + 1
+    assert max((m ^ part[0]).mean() for m in moved) > 0.05
+    # An anomalous image still differs from its clean image exactly on its mask.
+    np.testing.assert_array_equal(X != clean, masks)
+    assert masks[6:].any(axis=(1, 2)).all() and not masks[:6].any()
+
+
+@pytest.mark.parametrize(
+    "misalignment", [0.1, (0.1,), (0.3, 1.0), (0.1, -1.0), (0.1, 181), (True, 1.0), (np.nan, 1.0), "ab"]
+)
+def test_misalignment_is_validated(misalignment):
+    with pytest.raises(ValueError, match=r"misalignment must be None or a \(max_shift, max_degrees\) pair"):
+        make_anomaly_images(2, 1, image_size=32, misalignment=misalignment)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -161,6 +161,8 @@ def test_bad_input(inproc, paths, local, tmp_path):
         skd.fit(PadimDetector(**dict(PARAMS, n_features=0)), paths, client=inproc)
     with pytest.raises(ValueError, match=r"does not support tile_size=16 yet"):
         skd.fit(PadimDetector(**dict(PARAMS, tile_size=16)), paths, client=inproc)
+    with pytest.raises(ValueError, match=r"does not support shift_tolerance=1 yet"):
+        skd.fit(PadimDetector(**dict(PARAMS, shift_tolerance=1)), paths, client=inproc)
     with pytest.raises(ValueError, match=r"does not support image_size=None yet"):
         skd.fit(PadimDetector(**dict(PARAMS, image_size=None)), paths, client=inproc)
     with pytest.raises(ValueError, match="No Dask client"):
@@ -234,3 +236,13 @@ def test_a_killed_worker_changes_nothing(client, paths, local, tmp_path):
     assert marker.exists()
     assert marker.read_text() not in client.scheduler_info()["workers"]  # it did die
     assert_same_model(det, local)
+
+
+def test_accuracy_options_are_fitted_as_in_one_process(inproc, paths):
+    # neighbourhood changes the embedding on the workers, image_score the calibration scores.
+    params = dict(PARAMS, neighbourhood=3, image_score=0.05)
+    local = PadimDetector(**params).fit(paths[:N])
+    det = skd.fit(PadimDetector(**params), paths[:N], client=inproc, partition_size=25)
+    assert_same_model(det, local)
+    default = skd.fit(PadimDetector(**PARAMS), paths[:N], client=inproc, partition_size=N)
+    assert np.abs(det.calibration_scores_ - default.calibration_scores_).max() > 1e-3

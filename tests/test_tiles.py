@@ -188,6 +188,8 @@ def test_invalid_tile_parameters_are_refused_with_their_name():
         PadimDetector(image_size=None, tile_size=16, tile_stride=20, **FAST).fit(X)
     with pytest.raises(ValueError, match="'tile_size' parameter .* larger than the images \\(32 x 32"):
         PadimDetector(image_size=None, tile_size=(16, 48), **FAST).fit(X)
+    with pytest.raises(ValueError, match="shift_tolerance=1 is not supported with tile_size=16"):
+        PadimDetector(tile_size=16, shift_tolerance=1, **FAST).fit(X)
     mixed = [textured(1, 32)[0], textured(1, 48)[0]]
     with pytest.raises(ValueError, match="image_size=None .* 32 x 32 pixels, but an image has 48 x 48"):
         PadimDetector(image_size=None, **FAST).fit(mixed)

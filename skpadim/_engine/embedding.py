@@ -8,13 +8,16 @@ batch to batch, one per calling thread, so that several threads can embed
 at once. Peers upsample and concatenate
 every channel and only then select the subset; selection commutes with
 nearest upsampling, so the result is the same, without the large
-intermediate tensors.
+intermediate tensors. With ``neighbourhood=k > 1`` every kept channel is
+first averaged over the k x k positions around each position of its own
+layer (:func:`neighbourhood_mean`).
 """
 
 import threading
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 class PatchEmbedding:
@@ -27,12 +30,16 @@ class PatchEmbedding:
     feature_index : ndarray of int
         Sorted indices into the concatenated channels.
     device : torch.device
+    neighbourhood : int, default=1
+        Odd size of the window each layer's features are averaged over
+        before the embedding (1: none).
     """
 
-    def __init__(self, shapes, feature_index, device):
+    def __init__(self, shapes, feature_index, device, neighbourhood=1):
         self.grid = max(((h, w) for _, h, w in shapes), key=lambda hw: hw[0] * hw[1])
         self.n_features = len(feature_index)
         self._device = device
+        self.neighbourhood = int(neighbourhood)
         self._plan = []
         self._keeps = []
         self._kept_shapes = []  # (kept channels, h, w) of every layer
@@ -78,6 +85,7 @@ class PatchEmbedding:
         grid = buf.view(H, W, d, B)
         for f, (idx, off, n, rows, cols) in zip(self._layer_feats(feats), self._plan):
             sel = f if idx is None else f.index_select(1, idx)
+            sel = neighbourhood_mean(sel, self.neighbourhood)
             src = sel.permute(2, 3, 1, 0)  # (h, w, n, B)
             h, w = src.shape[:2]
             if rows is None:
@@ -97,7 +105,8 @@ class PatchEmbedding:
 
     def embed_kept(self, items):
         """(P, n_features, k) embedding of k images given by :meth:`kept_channels`."""
-        compact = PatchEmbedding(self._kept_shapes, np.arange(self.n_features), self._device)
+        compact = PatchEmbedding(self._kept_shapes, np.arange(self.n_features), self._device,
+                                 self.neighbourhood)
         return compact([torch.stack(layer) for layer in zip(*items)])
 
     def _layer_feats(self, feats):
@@ -105,6 +114,17 @@ class PatchEmbedding:
         if len(feats) == len(self._plan):
             return feats
         return [f for f, keep in zip(feats, self._keeps) if keep]
+
+
+def neighbourhood_mean(feats, k):
+    """Mean of (B, C, h, w) features over the k x k window around every position.
+
+    At the borders the mean is over the window's positions inside the map
+    (no padding value enters it). ``k=1`` returns ``feats`` itself.
+    """
+    if k == 1:
+        return feats
+    return F.avg_pool2d(feats, k, stride=1, padding=k // 2, count_include_pad=False)
 
 
 def _nearest_index(n_in, n_out, device):

@@ -56,6 +56,7 @@ def one_call_at_a_time(est):
 
 def fit_call(state, params, X, y):
     """The new state of one fit call: ``state`` (None: a first call) plus the images of X."""
+    check_combination(params)
     if state is not None:
         check_frozen(state, params)
     images = check_images(X)
@@ -66,6 +67,17 @@ def fit_call(state, params, X, y):
     else:
         check_channels(state, images)
     return extend(state, images, params)
+
+
+def check_combination(params):
+    """Refuse parameter values that are valid alone but not together, before any work."""
+    if params.shift_tolerance and params.tile_size is not None:
+        raise ValueError(
+            f"shift_tolerance={params.shift_tolerance} is not supported with tile_size="
+            f"{params.tile_size!r} yet (the neighbouring Gaussians of a tile's border patches "
+            "belong to other tiles); use one of the two, or overlapping tiles (tile_stride) "
+            "for shifts."
+        )
 
 
 def normal_only(images, y):
@@ -125,6 +137,8 @@ def start(est, images):
     }
     if tiles is not None:
         spec["tiles"] = tiles.to_spec()
+    if est.neighbourhood != 1:  # (absent: the paper's embedding, as in earlier files)
+        spec["neighbourhood"] = int(est.neighbourhood)
     sampler = np.random.default_rng(rng.randint(2**31 - 1))  # draws the calibration keys
     return FittedState.empty(spec, index, model, device, sampler, taps)
 
@@ -137,14 +151,13 @@ def first_size(images):
 
 def check_frozen(state, est):
     """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
-    # Keys left out at their default (so that older models resume) compare as that default.
-    default = {"backbone_dtype": "float32"}
     old, new = state.spec["params"], _params.embedding_params(est)
-    old, new = {**default, **old}, {**default, **new}
     for name in {**old, **new}:
-        if old.get(name) != new.get(name):
+        default = _params.OPTIONAL_DEFAULTS.get(name)
+        before, after = old.get(name, default), new.get(name, default)
+        if before != after:
             raise ValueError(
-                f"The {name!r} parameter changed from {old.get(name)!r} to {new.get(name)!r} since "
+                f"The {name!r} parameter changed from {before!r} to {after!r} since "
                 "the first partial_fit call; it defines the embedding, so call fit to start "
                 "over with the new value."
             )
@@ -162,7 +175,7 @@ def extend(state, images, est):
             new = state.replaced(stats, sample, rng)
             new.fit_gaussians(est.epsilon)
         with stage("calibration"):
-            new.calibrate(est.sigma, est.contamination)
+            new.calibrate(est.sigma, est.contamination, est.image_score, est.shift_tolerance)
     return new
 
 

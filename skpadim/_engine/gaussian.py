@@ -181,7 +181,7 @@ class GaussianStats:
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
 
-    def distances_of(self, emb, epsilon, held_out=False):
+    def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None):
         """Mahalanobis distances (P, B) of ``emb`` (P, d, B) under these Gaussians.
 
         ``held_out=True``: the B images of ``emb`` are among those these
@@ -189,26 +189,37 @@ class GaussianStats:
         rank-B downdate of the sums, formed a chunk of positions at a time),
         so each is scored by the Gaussians of the *other* images. Uses a
         Cholesky factor and a triangular solve (no explicit inverse); meant
-        for small B (calibration images).
+        for small B (calibration images). ``radius > 0`` (with the (h, w)
+        ``grid``): each patch's smallest distance to the Gaussians within
+        ``radius`` grid steps (see :mod:`.distances`); the left-out images are
+        left out of every Gaussian.
         """
+        from .distances import offsets, sources, to_patches
+
         P, d = self.shape
         B = emb.shape[-1]
         n = self.n - B if held_out else self.n
         if n < 1:
             raise ValueError(f"Cannot leave out {B} of {self.n} images.")
-        out = torch.empty(P, B, dtype=torch.float64, device=emb.device)
+        steps = offsets(radius)
+        outs = [torch.empty(P, B, dtype=torch.float64, device=emb.device) for _ in steps]
 
         def score(a, b):
-            y = emb[a:b].double() - self.shift[a:b, :, None].double()  # x - c
+            shift = self.shift[a:b, :, None].double()
+            y = emb[a:b].double() - shift  # x - c
             outer, total = self.outer[a:b].double(), self.total[a:b]
             if held_out:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
             U = _cholesky_upper(_covariance(outer, total, n, epsilon), epsilon)
-            z = torch.linalg.solve_triangular(U.mT, y - (total / n)[:, :, None], upper=False)
-            out[a:b] = z.square().sum(1)
+            for step, out in zip(steps, outs):
+                if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
+                    y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift
+                z = torch.linalg.solve_triangular(U.mT, y - (total / n)[:, :, None], upper=False)
+                out[a:b] = z.square().sum(1)
 
         for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
+        out = outs[0] if radius == 0 else to_patches(outs, grid, steps)
         return out.sqrt_()
 
 

@@ -4,8 +4,12 @@ The steps follow the paper and its reference implementations: the patch
 distance grid is upsampled bilinearly to ``image_size``, smoothed with a
 Gaussian of standard deviation ``sigma`` (kernel of ``2 * int(4 * sigma +
 0.5) + 1`` taps, mirror padding), and finally resized bilinearly to each
-input image's own size.
+input image's own size. An image's score is the maximum of its map at
+``image_size`` (the paper), or the mean of its highest values
+(``image_score``).
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -44,3 +48,17 @@ def upsample(dist, size):
 def anomaly_maps(dist, image_size, sigma):
     """Patch distances (B, h, w) -> smoothed maps (B, *image_size)."""
     return smooth(upsample(dist, image_size), sigma)
+
+
+def top_count(fraction, n_pixels):
+    """Pixels averaged by ``image_score=fraction``: ``ceil(fraction * n_pixels)``, at least 1."""
+    return max(1, min(n_pixels, math.ceil(fraction * n_pixels - 1e-9)))
+
+
+def image_scores(maps, how="max"):
+    """Anomaly score (B,) of maps (B, H, W): their maximum (``"max"``), or the
+    mean of their ``top_count(how, H * W)`` highest values (``how`` a fraction)."""
+    if how == "max":
+        return maps.amax(dim=(1, 2))
+    flat = maps.flatten(1)
+    return flat.topk(top_count(how, flat.shape[1]), dim=1, sorted=False).values.mean(1)

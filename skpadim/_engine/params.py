@@ -129,7 +129,12 @@ CONSTRAINTS = {
     ],
     "tile_sharing": [StrOptions({"position", "shared"})],
     "backbone_dtype": [StrOptions({"float32", "bfloat16", "float16"})],
+    "image_score": [StrOptions({"max"}), _Reals(numbers.Real, 0, 1, closed="neither")],
+    "neighbourhood": [_Check(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd int >= 1")],
+    "shift_tolerance": [_Ints(numbers.Integral, 0, None, closed="left")],
 }
+# Embedding parameters that states fitted before they existed lack, with the value they had.
+OPTIONAL_DEFAULTS = {"neighbourhood": 1, "backbone_dtype": "float32"}
 
 
 def validated(est):
@@ -239,6 +244,8 @@ def embedding_params(est):
         **_tile_params(est),
         # Only when not float32, so that models saved before the option resume as before.
         **({} if est.backbone_dtype == "float32" else {"backbone_dtype": est.backbone_dtype}),
+        # Only when set: the paper's embedding is described as before.
+        **({} if est.neighbourhood == 1 else {"neighbourhood": int(est.neighbourhood)}),
     }
 
 

@@ -7,9 +7,9 @@ A :class:`FittedState` holds
   normalization, as a JSON ``spec`` plus the ``feature_index`` array;
 * what accumulates over the images: the running statistics, the
   calibration sample and the random generator that draws its keys;
-* what is derived from them at the end of each fit call: ``epsilon`` and
-  ``sigma`` in use, the means and precisions, the held-out calibration
-  scores and the offset.
+* what is derived from them at the end of each fit call: ``epsilon``,
+  ``sigma``, ``image_score`` and ``shift_tolerance`` in use, the means and
+  precisions, the held-out calibration scores and the offset.
 
 It is never modified once a detector holds it, except for ``offset`` (a
 threshold the user may set): a fit call builds a new state next to it and
@@ -31,7 +31,7 @@ from . import dtypes as _dtypes
 from .calibration import CAPACITY, CalibrationSample, flagged_fraction, n_held_out, offset_for
 from .embedding import PatchEmbedding
 from .gaussian import GaussianStats
-from .maps import anomaly_maps
+from .maps import anomaly_maps, image_scores
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .progress import progress_bar, stage
 from .taps import LayerTaps
@@ -39,7 +39,12 @@ from .tiles import Tiling, check_native, tiling_of_spec
 
 _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normalize", "n_channels",
               "device", "params"}
+# Embedding keys that files written before them lack (neighbourhood: 1), or only some
+# models have (tiles).
+_SPEC_OPTIONAL = {"neighbourhood", "tiles"}
 _FITTED_KEYS = {"epsilon", "sigma", "contamination", "offset"}
+# Fitted values that files written before they existed lack, with the value they mean.
+_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0}
 
 
 class InconsistentState(ValueError):
@@ -78,7 +83,8 @@ class Embedder:
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = device
         self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
-        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device)
+        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device,
+                                      spec.get("neighbourhood", 1))
         self.image_size = tuple(spec["image_size"])
         # Tiles (None: whole images); native: images must have image_size, never resized.
         self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
@@ -202,6 +208,8 @@ class FittedState:
         self.sample = sample
         self.rng = rng
         self.epsilon = self.sigma = self.contamination = self.offset = None
+        self.image_score = "max"
+        self.shift_tolerance = 0
         self.mean = self.precision = self.calibration = None
         self.device_mean = self.device_precision = None
 
@@ -270,27 +278,31 @@ class FittedState:
         self.precision = precision.cpu().numpy()
         self._to_device(precision)
 
-    def calibration_distances(self, stats, epsilon, positions=slice(None)):
+    def calibration_distances(self, stats, epsilon, positions=slice(None), shift_tolerance=0):
         """(positions, k) distances of the held-out calibration images under ``stats``
-        (the statistics of these ``positions`` of this state's images)."""
+        (the statistics of these ``positions`` of this state's images; ``shift_tolerance``
+        needs all positions)."""
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
         emb = self.embedder.embed_kept(items)[positions].to(stats.outer.device)
-        return stats.distances_of(emb, epsilon, held_out=n >= 2)
+        return stats.distances_of(emb, epsilon, held_out=n >= 2, radius=shift_tolerance, grid=self.grid)
 
-    def calibrate(self, sigma, contamination, dist=None):
+    def calibrate(self, sigma, contamination, image_score="max", shift_tolerance=0, dist=None):
         """Score the held-out calibration images and set the offset (``dist``: their
         distances, already computed by :meth:`calibration_distances`)."""
         self.sigma = float(sigma)
+        self.image_score = image_score if image_score == "max" else float(image_score)
+        self.shift_tolerance = int(shift_tolerance)
         if dist is None:
-            dist = self.calibration_distances(self.stats, self.epsilon)  # (P, k)
+            dist = self.calibration_distances(self.stats, self.epsilon,
+                                              shift_tolerance=self.shift_tolerance)  # (P, k)
         maps = self.embedder.maps(dist.T.float().to(self.embedder.device), self.sigma)
-        self.calibration = -maps.amax(dim=(1, 2)).double().cpu().numpy()
+        self.calibration = -image_scores(maps, self.image_score).double().cpu().numpy()
         self.recalibrate(contamination)
 
-    def finalize(self, epsilon, sigma, contamination):
+    def finalize(self, epsilon, sigma, contamination, image_score="max", shift_tolerance=0):
         self.fit_gaussians(epsilon)
-        self.calibrate(sigma, contamination)
+        self.calibrate(sigma, contamination, image_score, shift_tolerance)
         return self
 
     def _to_device(self, precision):
@@ -340,6 +352,10 @@ class FittedState:
             arrays["calibration"] = np.asarray(self.calibration, dtype=np.float64)
             fitted = {"epsilon": self.epsilon, "sigma": self.sigma,
                       "contamination": self.contamination, "offset": float(self.offset)}
+            if self.image_score != "max":
+                fitted["image_score"] = self.image_score
+            if self.shift_tolerance:
+                fitted["shift_tolerance"] = self.shift_tolerance
         st = self.rng.bit_generator.state
         rng = {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
                "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
@@ -374,6 +390,8 @@ class FittedState:
         if fitted is not None:
             state.epsilon, state.sigma = float(fitted["epsilon"]), float(fitted["sigma"])
             state.contamination, state.offset = fitted["contamination"], float(fitted["offset"])
+            state.image_score = fitted.get("image_score", "max")
+            state.shift_tolerance = fitted.get("shift_tolerance", 0)
             state.mean = state.stats.mean().cpu().numpy()
             precision = unpack(arrays["precision_upper"], len(index))
             state.precision = precision.numpy()
@@ -426,7 +444,9 @@ def _check(arrays, meta, source):
 
     need(isinstance(meta, dict) and set(meta) == {"spec", "n", "rng", "fitted"}, "metadata keys")
     spec, n, fitted = meta["spec"], meta["n"], meta["fitted"]
-    need(isinstance(spec, dict) and set(spec) - {"tiles"} == _SPEC_KEYS, "embedding keys")
+    need(isinstance(spec, dict) and _SPEC_KEYS <= set(spec) <= _SPEC_KEYS | _SPEC_OPTIONAL, "embedding keys")
+    k = spec.get("neighbourhood", 1)
+    need(isinstance(k, int) and not isinstance(k, bool) and k >= 1 and k % 2 == 1, "neighbourhood")
     need(isinstance(n, int) and not isinstance(n, bool) and n >= 0, "image count")
     shapes, layers = spec["shapes"], spec["layers"]
     need(isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers)
@@ -469,7 +489,12 @@ def _check(arrays, meta, source):
         if kept:
             expected[f"sample.layer{i}"] = ((m, *tile_dims, kept, lh, lw), np.float32)
     if fitted is not None:
-        need(isinstance(fitted, dict) and set(fitted) == _FITTED_KEYS and n >= 1, "fitted scalars")
+        need(isinstance(fitted, dict) and _FITTED_KEYS <= set(fitted) <= _FITTED_KEYS | set(_FITTED_OPTIONAL)
+             and n >= 1, "fitted scalars")
+        score = fitted.get("image_score", "max")
+        need(score == "max" or (isinstance(score, float) and 0 < score < 1), "image_score")
+        r = fitted.get("shift_tolerance", 0)
+        need(isinstance(r, int) and not isinstance(r, bool) and r >= 0, "shift_tolerance")
         need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))
              and fitted["epsilon"] > 0 and fitted["sigma"] >= 0, "epsilon, sigma or offset")
         c = fitted["contamination"]

@@ -147,6 +147,50 @@ def _texture(n, height, width, rng):
     return np.clip(rgb, _TEXTURE_LO, _TEXTURE_HI)
 
 
+# The registered part of ``misalignment``: four round holes and a bar, in the
+# part's own frame (fractions of the image side, centred), painted with values
+# inside the texture range (defects stay outside it).
+_HOLES = ((-0.25, -0.25), (-0.25, 0.25), (0.25, -0.25), (0.25, 0.25))
+_HOLE_RADIUS, _HOLE_VALUE = 0.07, 0.33
+_BAR_HALF, _BAR_VALUE = (0.04, 0.3), 0.82
+
+
+def _check_misalignment(misalignment):
+    """``None`` or a ``(max_shift, max_degrees)`` pair of floats."""
+    if misalignment is None:
+        return None
+    try:
+        shift, degrees = misalignment
+        ok = all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+            for v in (shift, degrees)
+        ) and 0 <= shift <= 0.25 and 0 <= degrees <= 180
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            "misalignment must be None or a (max_shift, max_degrees) pair with "
+            "max_shift in [0, 0.25] (a fraction of the image side) and max_degrees "
+            f"in [0, 180], got {misalignment!r}."
+        )
+    return float(shift), float(degrees)
+
+
+def _paint_part(img, max_shift, max_degrees, rng):
+    """Paint the part into ``img`` (H, W, 3), shifted and rotated at random, in place."""
+    height, width = img.shape[:2]
+    ty, tx = rng.uniform(-max_shift, max_shift, 2) * (height, width)
+    angle = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    dy, dx = yy - (height - 1) / 2 - ty, xx - (width - 1) / 2 - tx
+    # The part's frame: the image frame rotated by ``angle`` about the shifted centre.
+    u = (dy * np.cos(angle) - dx * np.sin(angle)) / height
+    v = (dy * np.sin(angle) + dx * np.cos(angle)) / width
+    for cu, cv in _HOLES:
+        img[(u - cu) ** 2 + (v - cv) ** 2 <= _HOLE_RADIUS**2] = _HOLE_VALUE
+    img[(np.abs(u) <= _BAR_HALF[0]) & (np.abs(v) <= _BAR_HALF[1])] = _BAR_VALUE
+
+
 def _scratch_region(height, width, rng, size=None):
     scale = np.sqrt(height * width)
     if size is None:
@@ -245,6 +289,7 @@ def _generate(
     grayscale=False,
     random_state=None,
     defect_size=None,
+    misalignment=None,
 ):
     """Return ``X, y, masks, X_clean, kinds``; see ``make_anomaly_images``.
 
@@ -254,9 +299,13 @@ def _generate(
     """
     (height, width), defects = _check_params(n_normal, n_anomalous, image_size, defects)
     sizes = _check_defect_size(defect_size, height, width)
+    misalignment = _check_misalignment(misalignment)
     rng = check_random_state(random_state)
     n = n_normal + n_anomalous
     clean = _texture(n, height, width, rng)
+    if misalignment is not None:  # (no draw otherwise: the images stay as they were)
+        for img in clean:
+            _paint_part(img, *misalignment, rng)
     dirty = clean.copy()
     masks = np.zeros((n, height, width), dtype=bool)
     kinds = np.array(["good"] * n, dtype=object)
@@ -295,6 +344,7 @@ def make_anomaly_images(
     grayscale=False,
     random_state=None,
     defect_size=None,
+    misalignment=None,
 ):
     """Generate images of a woven industrial texture, some with defects.
 
@@ -341,6 +391,15 @@ def make_anomaly_images(
         it. Between 1 and a quarter of the smaller image side. ``None``:
         defects in proportion to the image, 0.3% to 10% of its area.
         Small defects in large images make high-resolution test cases.
+    misalignment : (float, float) or None, default=None
+        ``(max_shift, max_degrees)``: every image also shows a registered
+        part (four round holes and a bar, in grey levels of the texture's
+        range, defects being painted over it), placed with its own random
+        shift of up to ``max_shift`` of the image side (in [0, 0.25]) along
+        each axis and rotation of up to ``max_degrees`` (in [0, 180]) about
+        the image centre, uniformly: parts that are not perfectly aligned.
+        ``(0, 0)`` aligns them all. ``None``: no part (the images are those
+        of earlier versions).
 
     Returns
     -------
@@ -372,6 +431,9 @@ def make_anomaly_images(
     >>> X, y, masks = make_anomaly_images(0, 3, image_size=256, defect_size=(4, 8), random_state=0)
     >>> bool(masks.sum(axis=(1, 2)).max() < 0.01 * 256 * 256)
     True
+    >>> X, y, masks = make_anomaly_images(4, 0, image_size=64, misalignment=(0.05, 5.0))
+    >>> X.shape
+    (4, 64, 64, 3)
     """
     X, y, masks, _, _ = _generate(
         n_normal,
@@ -381,5 +443,6 @@ def make_anomaly_images(
         grayscale=grayscale,
         random_state=random_state,
         defect_size=defect_size,
+        misalignment=misalignment,
     )
     return X, y, masks

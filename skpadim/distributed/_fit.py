@@ -183,6 +183,12 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
 
 def _check_supported(params):
     """Refuse what the distributed fit does not do yet, before any work."""
+    if params.shift_tolerance:
+        raise ValueError(
+            f"skpadim.distributed.fit does not support shift_tolerance={params.shift_tolerance} "
+            "yet (its calibration needs the neighbouring positions' Gaussians, which other "
+            "blocks hold); fit this detector in one process with detector.fit."
+        )
     if params.image_size is None or params.tile_size is not None:
         what = "image_size=None" if params.image_size is None else f"tile_size={params.tile_size!r}"
         raise ValueError(
@@ -243,5 +249,6 @@ def _assemble(empty, rng, sample, blocks, params):
     state = empty.replaced(stats, _worker.to_sample(sample, device), rng)
     with torch.inference_mode():
         state.fit_gaussians(params.epsilon, precision=blocks.precision)
-        state.calibrate(params.sigma, params.contamination, dist=blocks.distances.to(stats.outer.device))
+        state.calibrate(params.sigma, params.contamination, params.image_score,
+                        dist=blocks.distances.to(stats.outer.device))
     return state

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._engine.maps import gaussian_kernel
+from .._engine.embedding import neighbourhood_mean
+from .._engine.maps import gaussian_kernel, top_count
 from .._engine.params import image_size_pair, normalization
 from .._engine.taps import LayerTaps, probe_shapes
 
@@ -60,6 +61,11 @@ def fitted_facts(det):
             "the backbone in float32, so its maps would differ from the detector's. Fit with "
             "backbone_dtype='float32' to export."
         )
+    if state is not None and state.shift_tolerance:
+        raise ValueError(
+            f"This detector was fitted with shift_tolerance={state.shift_tolerance}, which "
+            "export does not support; fit one with shift_tolerance=0 to export it."
+        )
     if state is not None:  # the values fixed at fit, whatever set_params did since
         norm = state.spec["normalize"]
         return {
@@ -68,6 +74,8 @@ def fitted_facts(det):
             "sigma": float(state.sigma),
             "epsilon": float(state.epsilon),
             "shapes": [tuple(int(v) for v in s) for s in state.spec["shapes"]],
+            "image_score": state.image_score,
+            "neighbourhood": int(state.spec.get("neighbourhood", 1)),
         }
     size = tuple(getattr(det, "_image_size", None) or image_size_pair(det.image_size))
     norm = getattr(det, "_norm", "unset")
@@ -76,7 +84,9 @@ def fitted_facts(det):
     sigma = float(getattr(det, "_sigma", det.sigma))
     epsilon = float(getattr(det, "_epsilon", det.epsilon))
     return {"image_size": size, "norm": norm, "sigma": sigma, "epsilon": epsilon,
-            "shapes": getattr(det, "_shapes", None)}
+            "shapes": getattr(det, "_shapes", None),
+            "image_score": getattr(det, "_image_score", getattr(det, "image_score", "max")),
+            "neighbourhood": int(getattr(det, "_neighbourhood", getattr(det, "neighbourhood", 1)))}
 
 
 def _nearest_index(n_in, n_out):
@@ -127,6 +137,8 @@ class PadimGraph(nn.Module):
             self._plan.append((keep, rows, cols))
         self.register_buffer("mean", torch.from_numpy(np.asarray(det.mean_, dtype=np.float32)))
         self.sigma = facts["sigma"]
+        self.image_score = facts["image_score"]
+        self.neighbourhood = facts["neighbourhood"]
         if self.sigma > 0:
             self.register_buffer("kernel", gaussian_kernel(self.sigma, torch.device("cpu")))
 
@@ -142,6 +154,7 @@ class PadimGraph(nn.Module):
             keep, rows, cols = plan
             if keep is not None:
                 f = f.index_select(1, keep)
+            f = neighbourhood_mean(f, self.neighbourhood)
             if rows is not None:
                 f = f.index_select(2, rows)
             if cols is not None:
@@ -164,4 +177,7 @@ class PadimGraph(nn.Module):
             dist = F.conv2d(dist, k.view(1, 1, 1, -1))
             dist = F.conv2d(dist, k.view(1, 1, -1, 1))
         maps = dist[:, 0]
-        return maps, maps.amax(dim=(1, 2))
+        if self.image_score == "max":
+            return maps, maps.amax(dim=(1, 2))
+        k = top_count(self.image_score, maps.shape[1] * maps.shape[2])
+        return maps, maps.flatten(1).topk(k, dim=1).values.mean(1)
