@@ -111,6 +111,14 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         parts a little off their registered place are not flagged for it.
         Costs about that many times the distance computation of predict.
         0 (the paper): its own position only. Fixed at fit, like ``sigma``.
+    covariance : {'sample', 'oas'}, default='sample'
+        Estimator of each position's covariance, before ``epsilon * I`` is
+        added: the unbiased sample covariance (the paper), or the Oracle
+        Approximating Shrinkage estimate (Chen et al. 2010, as
+        :class:`sklearn.covariance.OAS`), which shrinks it towards a multiple
+        of the identity by a data-driven amount; it raised AUPRO on Magnetic
+        Tile with random resnet18 features (docs/accuracy.md). Fixed at fit,
+        like ``epsilon``.
 
     Attributes
     ----------
@@ -191,6 +199,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         image_score="max",
         neighbourhood=1,
         shift_tolerance=0,
+        covariance="sample",
     ):
         self.backbone = backbone
         self.layers = layers
@@ -212,6 +221,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.image_score = image_score
         self.neighbourhood = neighbourhood
         self.shift_tolerance = shift_tolerance
+        self.covariance = covariance
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -230,3 +230,54 @@ def test_shift_tolerance_is_refused_by_export(data, tmp_path):
     with pytest.raises(ValueError, match="fitted with shift_tolerance=1, which export does not support"):
         to_onnx(det, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _oas_reference(x, eps):
+    """Per position: (mean, precision) of sklearn's OAS covariance + eps * I; x is (P, d, n)."""
+    from sklearn.covariance import OAS
+
+    covs = [OAS(assume_centered=False).fit(x[p].T).covariance_ for p in range(len(x))]
+    return np.stack([np.linalg.inv(c + eps * np.eye(x.shape[1])) for c in covs])
+
+
+@pytest.mark.parametrize("n, d", [(12, 6), (70, 4)])  # fewer and more images than dimensions
+def test_oas_covariance_matches_sklearn(n, d):
+    import torch
+
+    from skpadim._engine.gaussian import GaussianStats
+
+    g = torch.Generator().manual_seed(n)
+    x = 50 + torch.randn(5, d, n, generator=g) * torch.linspace(0.2, 3, d)[None, :, None]
+    s = GaussianStats.empty(5, d, "cpu")
+    s.update(x[..., : n // 2].clone())
+    s.update(x[..., n // 2 :].clone())
+    expected = _oas_reference(x.double().numpy(), 0.01)
+    np.testing.assert_allclose(s.precision(0.01, torch.float64, covariance="oas").numpy(), expected, rtol=1e-5)
+    assert not np.allclose(s.precision(0.01, torch.float64).numpy(), expected, rtol=1e-3)
+    # Held out: each left-out image is scored by the OAS Gaussians of the others.
+    out = x[..., :3]
+    rest = x[..., 3:].double().numpy()
+    prec = _oas_reference(rest, 0.01)
+    mean = rest.mean(-1)
+    diff = out.double().numpy() - mean[..., None]
+    ref = np.sqrt(np.einsum("pik,pij,pjk->pk", diff, prec, diff))
+    got = s.distances_of(out.clone(), 0.01, held_out=True, covariance="oas").numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+
+
+def test_oas_covariance_survives_pickle_save_load_and_resume(data, tmp_path):
+    X, X_test = data
+    det = PadimDetector(**SMALL, covariance="oas").fit(X[:40])
+    expected = det.score_samples(X_test)
+    assert np.abs(expected - PadimDetector(**SMALL).fit(X[:40]).score_samples(X_test)).max() > 1e-3
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(det)).score_samples(X_test), expected)
+    det.save(tmp_path / "m.skpadim")
+    loaded = PadimDetector.load(tmp_path / "m.skpadim")
+    assert loaded.covariance == "oas"
+    np.testing.assert_array_equal(loaded.score_samples(X_test), expected)
+    loaded.partial_fit(X[40:])
+    whole = PadimDetector(**SMALL, covariance="oas").fit(X)
+    np.testing.assert_allclose(loaded.score_samples(X_test), whole.score_samples(X_test), rtol=1e-4)
+    np.testing.assert_allclose(loaded.offset_, whole.offset_, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"The 'covariance' parameter of PadimDetector must be"):
+        PadimDetector(**SMALL, covariance="ledoit").fit(X[:4])

@@ -161,6 +161,8 @@ def test_bad_input(inproc, paths, local, tmp_path):
         skd.fit(PadimDetector(**dict(PARAMS, n_features=0)), paths, client=inproc)
     with pytest.raises(ValueError, match=r"does not support tile_size=16 yet"):
         skd.fit(PadimDetector(**dict(PARAMS, tile_size=16)), paths, client=inproc)
+    with pytest.raises(ValueError, match=r"does not support covariance='oas' yet"):
+        skd.fit(PadimDetector(**dict(PARAMS, covariance="oas")), paths, client=inproc)
     with pytest.raises(ValueError, match=r"does not support shift_tolerance=1 yet"):
         skd.fit(PadimDetector(**dict(PARAMS, shift_tolerance=1)), paths, client=inproc)
     with pytest.raises(ValueError, match=r"does not support image_size=None yet"):

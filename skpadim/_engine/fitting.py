@@ -173,7 +173,7 @@ def extend(state, images, est):
             if state.stats is not None:
                 stats.combine(state.stats)
             new = state.replaced(stats, sample, rng)
-            new.fit_gaussians(est.epsilon)
+            new.fit_gaussians(est.epsilon, covariance=est.covariance)
         with stage("calibration"):
             new.calibrate(est.sigma, est.contamination, est.image_score, est.shift_tolerance)
     return new

@@ -47,20 +47,40 @@ def gemm_chunk(d, device):
     return _chunk_size(d, device, 4, _UPDATE_CHUNK_BYTES)
 
 
-def _covariance(outer, total, n, epsilon):
-    """Unbiased sample covariance + epsilon * I from float64 sums, in place of ``outer``.
+def _covariance(outer, total, n, epsilon, covariance="sample"):
+    """Covariance + epsilon * I from float64 sums, in place of ``outer``.
 
-    Only the upper triangle is meaningful. With a single image the sample
-    covariance is taken as zero, so the Gaussian becomes isotropic with
-    variance ``epsilon``.
+    ``covariance="sample"``: the unbiased sample covariance (the paper);
+    ``"oas"``: the Oracle Approximating Shrinkage estimate (Chen et al. 2010,
+    as :class:`sklearn.covariance.OAS`). Only the upper triangle is read and
+    meaningful. With a single image the sample covariance is taken as zero, so
+    the Gaussian becomes isotropic with variance ``epsilon``.
     """
     if n == 1:
         outer.zero_()
     else:
         outer.baddbmm_(total[:, :, None], total[:, None, :], alpha=-1.0 / n)
-        outer /= n - 1
+        if covariance == "oas":
+            _oas_(outer.div_(n), n)
+        else:
+            outer /= n - 1
     outer.diagonal(dim1=-2, dim2=-1).add_(epsilon)
     return outer
+
+
+def _oas_(cov, n):
+    """Shrink the (P, d, d) maximum-likelihood covariances ``cov`` (upper triangles) of
+    ``n`` samples towards ``trace / d * I`` by the OAS coefficient, in place."""
+    d = cov.shape[-1]
+    diag = cov.diagonal(dim1=-2, dim2=-1)
+    mu = diag.sum(-1) / d
+    # mean of the squared entries of the symmetric matrix, from its upper triangle
+    alpha = (2 * torch.triu(cov, diagonal=1).square().sum((-2, -1)) + diag.square().sum(-1)) / d**2
+    den = (n + 1) * (alpha - mu.square() / d)
+    rho = torch.where(den > 0, (alpha + mu.square()) / den.where(den > 0, 1.0), 1.0).clamp(max=1.0)
+    cov.mul_((1 - rho)[:, None, None])
+    diag.add_((rho * mu)[:, None])
+    return cov
 
 
 def _cholesky_upper(cov, epsilon):
@@ -167,21 +187,22 @@ class GaussianStats:
         """(P, d) float64."""
         return self.shift.double() + self.total / self.n
 
-    def precision(self, epsilon, dtype=torch.float32):
-        """(P, d, d) inverse of covariance + epsilon * I, via Cholesky, float64 inside."""
+    def precision(self, epsilon, dtype=torch.float32, covariance="sample"):
+        """(P, d, d) inverse of covariance + epsilon * I, via Cholesky, float64 inside
+        (``covariance``: see :func:`_covariance`)."""
         P, d = self.shape
         # Zero-filled here, by torch's own threads: first-touch page faults taken
         # concurrently by the workers cost several times more.
         out = torch.zeros(P, d, d, dtype=dtype, device=self.outer.device)
 
         def invert(a, b):
-            cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon)
+            cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon, covariance)
             out[a:b] = torch.cholesky_inverse(_cholesky_upper(cov, epsilon), upper=True)
 
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
 
-    def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None):
+    def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None, covariance="sample"):
         """Mahalanobis distances (P, B) of ``emb`` (P, d, B) under these Gaussians.
 
         ``held_out=True``: the B images of ``emb`` are among those these
@@ -211,7 +232,7 @@ class GaussianStats:
             if held_out:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
-            U = _cholesky_upper(_covariance(outer, total, n, epsilon), epsilon)
+            U = _cholesky_upper(_covariance(outer, total, n, epsilon, covariance), epsilon)
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
                     y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift

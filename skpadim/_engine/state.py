@@ -44,7 +44,7 @@ _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normaliz
 _SPEC_OPTIONAL = {"neighbourhood", "tiles"}
 _FITTED_KEYS = {"epsilon", "sigma", "contamination", "offset"}
 # Fitted values that files written before they existed lack, with the value they mean.
-_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0}
+_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0, "covariance": "sample"}
 
 
 class InconsistentState(ValueError):
@@ -208,6 +208,7 @@ class FittedState:
         self.sample = sample
         self.rng = rng
         self.epsilon = self.sigma = self.contamination = self.offset = None
+        self.covariance = "sample"
         self.image_score = "max"
         self.shift_tolerance = 0
         self.mean = self.precision = self.calibration = None
@@ -268,13 +269,15 @@ class FittedState:
         sample = self.sample.merged(other.sample, id_offset=self.n)
         return self.replaced(stats, sample, copy.deepcopy(self.rng))
 
-    def fit_gaussians(self, epsilon, precision=None):
+    def fit_gaussians(self, epsilon, precision=None, covariance="sample"):
         """Means and precisions from the running statistics (``precision``: already formed,
-        e.g. by the workers of a distributed fit, a (P, d, d) float32 tensor)."""
+        e.g. by the workers of a distributed fit, a (P, d, d) float32 tensor;
+        ``covariance``: the estimator, 'sample' or 'oas')."""
         self.epsilon = float(epsilon)
+        self.covariance = covariance
         self.mean = self.stats.mean().cpu().numpy()
         if precision is None:
-            precision = self.stats.precision(self.epsilon)
+            precision = self.stats.precision(self.epsilon, covariance=covariance)
         self.precision = precision.cpu().numpy()
         self._to_device(precision)
 
@@ -285,7 +288,8 @@ class FittedState:
         n = self.n
         items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
         emb = self.embedder.embed_kept(items)[positions].to(stats.outer.device)
-        return stats.distances_of(emb, epsilon, held_out=n >= 2, radius=shift_tolerance, grid=self.grid)
+        return stats.distances_of(emb, epsilon, held_out=n >= 2, radius=shift_tolerance, grid=self.grid,
+                                  covariance=self.covariance)
 
     def calibrate(self, sigma, contamination, image_score="max", shift_tolerance=0, dist=None):
         """Score the held-out calibration images and set the offset (``dist``: their
@@ -356,6 +360,8 @@ class FittedState:
                 fitted["image_score"] = self.image_score
             if self.shift_tolerance:
                 fitted["shift_tolerance"] = self.shift_tolerance
+            if self.covariance != "sample":
+                fitted["covariance"] = self.covariance
         st = self.rng.bit_generator.state
         rng = {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
                "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
@@ -392,6 +398,7 @@ class FittedState:
             state.contamination, state.offset = fitted["contamination"], float(fitted["offset"])
             state.image_score = fitted.get("image_score", "max")
             state.shift_tolerance = fitted.get("shift_tolerance", 0)
+            state.covariance = fitted.get("covariance", "sample")
             state.mean = state.stats.mean().cpu().numpy()
             precision = unpack(arrays["precision_upper"], len(index))
             state.precision = precision.numpy()
@@ -495,6 +502,7 @@ def _check(arrays, meta, source):
         need(score == "max" or (isinstance(score, float) and 0 < score < 1), "image_score")
         r = fitted.get("shift_tolerance", 0)
         need(isinstance(r, int) and not isinstance(r, bool) and r >= 0, "shift_tolerance")
+        need(fitted.get("covariance", "sample") in ("sample", "oas"), "covariance")
         need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))
              and fitted["epsilon"] > 0 and fitted["sigma"] >= 0, "epsilon, sigma or offset")
         c = fitted["contamination"]

@@ -183,6 +183,11 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
 
 def _check_supported(params):
     """Refuse what the distributed fit does not do yet, before any work."""
+    if params.covariance != "sample":
+        raise ValueError(
+            f"skpadim.distributed.fit does not support covariance={params.covariance!r} yet; "
+            "fit this detector in one process with detector.fit."
+        )
     if params.shift_tolerance:
         raise ValueError(
             f"skpadim.distributed.fit does not support shift_tolerance={params.shift_tolerance} "
