@@ -1,5 +1,6 @@
 """PadimDetector: PaDiM (Defard et al. 2020) as a scikit-learn outlier detector."""
 
+import inspect
 import numbers
 from types import SimpleNamespace
 
@@ -446,6 +447,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
 
     def __setstate__(self, state):
         state, exported = unpickled(state)
+        # A pickle written before a parameter existed: the parameter's default,
+        # which is what that version did.
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and name not in state:
+                state[name] = param.default
         super().__setstate__(state)
         if exported is not None:
             self._state = FittedState.from_arrays(*exported, **load_options(self, exported[1]))

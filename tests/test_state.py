@@ -211,3 +211,15 @@ def test_unpickling_does_not_factorize(first, monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "cholesky_ex", refuse)
     np.testing.assert_array_equal(pickle.loads(blob).precision_, first.precision_)
+
+
+def test_a_pickle_without_newer_parameters_takes_their_defaults():
+    det = PadimDetector(**SMALL).fit(textured(12, seed=3))
+    X = textured(3, seed=4)
+    old = det.__getstate__()
+    for name in ("covariance", "tile_size", "tile_stride", "tile_sharing", "backbone_dtype"):
+        del old[name]  # as in a pickle from before these parameters
+    back = PadimDetector.__new__(PadimDetector)
+    back.__setstate__(old)
+    assert back.get_params() == PadimDetector(**SMALL).get_params()
+    np.testing.assert_array_equal(back.score_samples(X), det.score_samples(X))
