@@ -91,11 +91,11 @@ def test_partial_fit_with_a_corrupt_file_keeps_the_state(tmp_path, uninterrupted
 def _InterruptOnCall(fn, call, exc):
     """``fn`` that raises ``exc`` on its ``call``-th call (a function: binds as a method)."""
 
-    def wrapper(*args):
+    def wrapper(*args, **kwargs):
         wrapper.n += 1
         if wrapper.n == call:
             raise exc
-        return fn(*args)
+        return fn(*args, **kwargs)
 
     wrapper.n = 0
     return wrapper
