@@ -243,11 +243,15 @@ def embedding_params(est):
         "image_size": None if est.image_size is None else list(image_size_pair(est.image_size)),
         "normalize": None if norm is None else [list(norm[0]), list(norm[1])],
         **_tile_params(est),
-        # Only when not float32, so that models saved before the option resume as before.
-        **({} if est.backbone_dtype == "float32" else {"backbone_dtype": est.backbone_dtype}),
-        # Only when set: the paper's embedding is described as before.
-        **({} if est.neighbourhood == 1 else {"neighbourhood": int(est.neighbourhood)}),
+        **_optional_params(est),
     }
+
+
+def _optional_params(est):
+    # Only those away from their default, so that models saved before the options
+    # existed are described (and resume) as before.
+    values = {"neighbourhood": int(est.neighbourhood), "backbone_dtype": est.backbone_dtype}
+    return {name: v for name, v in values.items() if v != OPTIONAL_DEFAULTS[name]}
 
 
 def _tile_params(est):
