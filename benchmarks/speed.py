@@ -16,6 +16,10 @@ background load hits all of them alike (A, B, C, D, A, B, ...):
 * ``backbone, channels_last``: the same extractor with its weights and
   inputs in the channels_last (NHWC) memory format, as the detector runs it
   on a CPU: the gain of that change alone.
+* ``backbone, channels_last + folded batch norm``: the same, built from a
+  copy of the model whose batch normalizations are folded into the
+  convolutions before them (``skpadim._engine.fold``), as the detector runs
+  it on a CPU: the gain of folding on top of channels_last.
 * ``backbone, channels_last + bfloat16`` (with ``--bf16``): the same under
   ``torch.autocast(dtype=torch.bfloat16)``, what ``backbone_dtype=
   "bfloat16"`` does.
@@ -67,6 +71,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from torchvision.models.feature_extraction import create_feature_extractor  # noqa: E402
 
 from skpadim import PadimDetector  # noqa: E402
+from skpadim._engine.fold import fold_batchnorm  # noqa: E402
 from skpadim.datasets import make_anomaly_images  # noqa: E402
 
 from _common import Report, environment, load_average, machine_header, median, spread  # noqa: E402
@@ -141,14 +146,17 @@ def run_backbone(name, n_features, X, args, repeats):
     extractor = create_feature_extractor(full, return_nodes=list(det.layers_)).eval()
     nhwc = create_feature_extractor(copy.deepcopy(full), return_nodes=list(det.layers_)).eval()
     nhwc = nhwc.to(memory_format=torch.channels_last)
+    folded = create_feature_extractor(fold_batchnorm(full, keep=det.layers_)[0], return_nodes=list(det.layers_))
+    folded = folded.eval().to(memory_format=torch.channels_last)
     bare = {
         "backbone": lambda: bare_backbone(extractor, X, args.batch_size),
         "backbone_cl": lambda: bare_backbone(nhwc, X, args.batch_size, torch.channels_last),
+        "backbone_cl_fold": lambda: bare_backbone(folded, X, args.batch_size, torch.channels_last),
     }
     if args.bf16:
         bare["backbone_cl_bf16"] = lambda: bare_backbone(nhwc, X, args.batch_size, torch.channels_last,
                                                          torch.bfloat16)
-    for fn in (extractor, nhwc):
+    for fn in (extractor, nhwc, folded):
         bare_backbone(fn, X[: args.batch_size], args.batch_size)
     print(f"  [{name}] warm-up done; load {load_average()}", file=sys.stderr, flush=True)
 
@@ -166,6 +174,31 @@ def run_backbone(name, n_features, X, args, repeats):
               f"(loop {runs['fit'][-1]['loop']:.2f}s), score {runs['score'][-1]['total']:.2f}s; "
               f"load {load_average()}", file=sys.stderr, flush=True)
     return runs
+
+
+def batch_sweep(report, name, X, args):
+    """Throughput of the backbone as the detector runs it on a CPU (channels_last, folded
+    batch norm) for each of ``args.batch_sweep`` batch sizes, interleaved round by round."""
+    full = torchvision.models.get_model(name, weights=None)
+    layers = ["layer1", "layer2", "layer3"]
+    ext = create_feature_extractor(fold_batchnorm(full, keep=layers)[0], return_nodes=layers)
+    ext = ext.eval().to(memory_format=torch.channels_last)
+    sizes = args.batch_sweep
+    for b in sizes:
+        bare_backbone(ext, X[:b], b, torch.channels_last)
+    runs = {b: [] for b in sizes}
+    for _ in range(args.repeats or 3):
+        for b in sizes:
+            runs[b].append(_timed(lambda: bare_backbone(ext, X, b, torch.channels_last, None)))
+    ref = median([w for w, _ in runs[32 if 32 in runs else sizes[0]]])
+    rows = []
+    for b in sizes:
+        wall = median([w for w, _ in runs[b]])
+        cpu = median([u[0] for _, u in runs[b]])
+        rows.append([str(b), f"{wall:.2f}", f"{len(X) / wall:.2f}", f"{ref / wall:.2f}", f"{cpu:.1f}"])
+    report.text(["", f"### {name}: batch size of the backbone (channels_last + folded batch norm), "
+                 f"{len(X)} images, {args.image_size} px, {args.repeats or 3} rounds", ""])
+    report.table(f"{name}/batch sizes", ["batch", "median s", "images/s", "vs batch 32", "CPU s"], rows)
 
 
 def _med(runs, key, stage=None):
@@ -209,6 +242,7 @@ def report_backbone(report, name, n_features, N, runs, args):
                      ("backbone, profiled", runs["backbone_profiled"]),
                      *((label, runs[key]) for key, label in (
                          ("backbone_cl", "backbone, channels_last"),
+                         ("backbone_cl_fold", "backbone, channels_last + folded batch norm (as fit runs it)"),
                          ("backbone_cl_bf16", "backbone, channels_last + bfloat16 autocast")) if key in runs),
                      ("fit, end to end", fits))]
                  + [row("fit, streaming loop only", fit_loop, [f["loop"] for f in fits]),
@@ -294,6 +328,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--bf16", action="store_true",
                    help="also time the bare backbone under bfloat16 autocast (slow on CPUs without AVX512-BF16/AMX)")
+    p.add_argument("--batch-sweep", type=int, nargs="+", default=None, metavar="B",
+                   help="only time the backbone as the detector runs it at these batch sizes")
     p.add_argument("--json", help="also write the environment, the tables and every round to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -313,10 +349,14 @@ def main(argv=None):
     report.text(machine_header(report.env, [
         f"images: make_anomaly_images({n_max}, 0, image_size={args.image_size}, random_state=0), uint8, "
         "precomputed; weights=None (random), random_state=0, device='cpu'",
-        "variants interleaved per round (backbone, backbone channels_last[, + bfloat16], "
+        "variants interleaved per round (backbone, backbone channels_last, + folded batch norm[, "
+        "+ bfloat16], "
         "backbone profiled, fit, score_samples); medians reported",
     ]))
     for name, n_features, N in plan:
+        if args.batch_sweep:
+            batch_sweep(report, name, X[:N], args)
+            continue
         runs = run_backbone(name, n_features, X[:N], args, args.repeats or (3 if name == "resnet18" else 2))
         report_backbone(report, name, n_features, N, runs, args)
         gc.collect()

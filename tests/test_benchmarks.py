@@ -18,10 +18,10 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_quick(script, tmp_path):
+def run_quick(script, tmp_path, *extra):
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--json", str(out)],
+        [sys.executable, str(BENCHMARKS / script), "--quick", *extra, "--json", str(out)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -45,14 +45,15 @@ def test_speed_quick_mode_times_every_stage(tmp_path):
     assert set(data["tables"]) == {"resnet18/variants", "resnet18/fit stages", "resnet18/score_samples stages"}
     variants = [row[0] for row in data["tables"]["resnet18/variants"]["rows"]]
     assert variants == ["backbone (float32, NCHW: the baseline)", "backbone, profiled",
-                        "backbone, channels_last", "fit, end to end", "fit, streaming loop only",
+                        "backbone, channels_last",
+                        "backbone, channels_last + folded batch norm (as fit runs it)", "fit, end to end", "fit, streaming loop only",
                         "score_samples"]
     stages = [row[0] for row in data["tables"]["resnet18/fit stages"]["rows"]]
     assert "end: calibration (held-out Cholesky + maps)" in stages and stages[-1] == "total (measured)"
     result = data["results"]["resnet18"]
     n_batches = -(-result["n_images"] // result["batch_size"])
     assert n_batches >= 2  # several batches, so that per-batch ranges are counted
-    for key in ("backbone", "backbone_profiled", "backbone_cl", "fit", "score"):
+    for key in ("backbone", "backbone_profiled", "backbone_cl", "backbone_cl_fold", "fit", "score"):
         assert all(positive(r["total"]) for r in result["rounds"][key]), key
     for fit in result["rounds"]["fit"]:
         for stage in ("backbone", "embedding", "reservoir"):
@@ -67,6 +68,13 @@ def test_speed_quick_mode_times_every_stage(tmp_path):
             assert score["calls"][stage] == n_batches and positive(score["stages"][stage]), stage
         assert sum(score["stages"].values()) <= score["total"]
     assert all(positive(v) for v in result["ratios"].values())
+
+
+def test_speed_batch_sweep_times_each_batch_size(tmp_path):
+    data = run_quick("speed.py", tmp_path, "--batch-sweep", "4", "8")
+    rows = data["tables"]["resnet18/batch sizes"]["rows"]
+    assert [row[0] for row in rows] == ["4", "8"]
+    assert all(positive(float(row[2])) for row in rows)
 
 
 def test_memory_quick_mode(tmp_path):

@@ -1,16 +1,20 @@
-"""The backbone's fast paths: channels_last (and its fallback), backbone_dtype (bfloat16/float16)."""
+"""The backbone's fast paths: batch normalization folding, channels_last (and their fallback),
+backbone_dtype (bfloat16/float16)."""
 
 import pickle
+import threading
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from sklearn.utils._param_validation import InvalidParameterError
+import torchvision
 from torch import nn
 
 import skpadim._engine.dtypes as dtypes
-import skpadim._engine.state as state_module
+import skpadim._engine.embedder as embedder_module
+from skpadim._engine.fold import fold_batchnorm, foldable_pairs
 from conftest import SMALL, textured
 from skpadim import PadimDetector
 
@@ -38,8 +42,8 @@ def test_channels_last_equals_default_layout(data, monkeypatch):
     X, X_test = data
     fast = _fit(X)
     assert fast._state.embedder.channels_last
-    assert fast.backbone_.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(state_module, "CHANNELS_LAST", set())
+    assert fast.backbone_.conv1.weight.is_contiguous()  # the exposed module keeps its layout
+    monkeypatch.setattr(embedder_module, "CHANNELS_LAST", set())
     plain = _fit(X)
     assert not plain._state.embedder.channels_last
     assert _rel(fast.anomaly_map(X_test), plain.anomaly_map(X_test)) < 1e-4
@@ -71,11 +75,162 @@ def test_backbone_failing_in_channels_last_falls_back(data, monkeypatch):
         _ViewNet()(torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
     kw = dict(backbone=_ViewNet(), layers=["stem", "a", "b"], n_features=12)
     det = _fit(X, **kw)
-    assert not det._state.embedder.channels_last
+    assert not det._state.embedder.channels_last and not det._state.embedder.runs_copy
     assert det.backbone_.stem.weight.is_contiguous()
-    monkeypatch.setattr(state_module, "CHANNELS_LAST", set())
+    maps = det.anomaly_map(X_test)
+    # A fresh copy starts on the fast path again; predictions started at once in
+    # several threads all fall back and all succeed.
+    fresh = pickle.loads(pickle.dumps(det))
+    assert fresh._state.embedder.channels_last
+    barrier = threading.Barrier(4)
+
+    def predict(_):
+        barrier.wait(30)
+        return fresh.anomaly_map(X_test)
+
+    for got in _in_threads(4, predict):
+        np.testing.assert_array_equal(got, maps)
+    assert not fresh._state.embedder.runs_copy
+    monkeypatch.setattr(embedder_module, "CHANNELS_LAST", set())
     ref = _fit(X, **kw)
-    np.testing.assert_array_equal(det.anomaly_map(X_test), ref.anomaly_map(X_test))
+    np.testing.assert_array_equal(maps, ref.anomaly_map(X_test))
+
+
+def _in_threads(n, fn):
+    out, errors = [None] * n, []
+
+    def run(i):
+        try:
+            out[i] = fn(i)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return out
+
+
+def _trained_looking_resnet18():
+    """resnet18 with random, seeded weights whose batch normalizations are far from the
+    identity (random init leaves them at scale 1, shift 0: folding them would change
+    nothing)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        net = torchvision.models.resnet18()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = 0.5 + torch.rand(c, generator=g)
+            m.bias.data = 0.3 * torch.randn(c, generator=g)
+            m.running_mean = 0.2 * torch.randn(c, generator=g)
+            m.running_var = 0.2 + 2 * torch.rand(c, generator=g)
+    return net.eval()
+
+
+def test_folded_batchnorm_equals_the_module_itself(data, tmp_path, monkeypatch):
+    X, X_test = data
+    net = _trained_looking_resnet18()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    kw = dict(backbone=net, layers=["layer1", "layer2", "layer3"])
+    det = _fit(X, **kw)
+    emb = det._state.embedder
+    assert emb.folded == 15  # stem, 4 in layer1, 5 each in layer2 and layer3 (downsampling)
+    assert emb.runs_copy and isinstance(det.backbone_.bn1, nn.BatchNorm2d)
+    for k, v in det.backbone_.state_dict().items():  # the exposed module is not folded
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    monkeypatch.setattr(embedder_module, "FOLD_BATCHNORM", False)
+    ref = _fit(X, **kw)
+    assert ref._state.embedder.folded == 0
+    maps, ref_maps = det.anomaly_map(X_test), ref.anomaly_map(X_test)
+    assert 0 < _rel(maps, ref_maps) < 1e-4  # folded indeed, and the same up to rounding
+    np.testing.assert_allclose(det.mean_, ref.mean_, rtol=1e-4, atol=1e-5)
+    # The saved model holds the module's own weights; loading folds again.
+    det.save(tmp_path / "m.skpadim")
+    monkeypatch.setattr(embedder_module, "FOLD_BATCHNORM", True)
+    loaded = PadimDetector.load(tmp_path / "m.skpadim", backbone=torchvision.models.resnet18())
+    assert loaded._state.embedder.folded == 15
+    np.testing.assert_array_equal(loaded.anomaly_map(X_test), maps)
+    assert set(loaded.backbone_.state_dict()) == set(det.backbone_.state_dict())
+    assert "bn1.running_var" in before and "bn1.running_var" in det.backbone_.state_dict()
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class _Tricky(nn.Module):
+    """Pairs that must not fold: a tapped convolution, a convolution whose output is also
+    used past its normalization, and a normalization that uses batch statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = _Block(3, 8)
+        self.b = _Block(8, 8)
+        self.b_extra = nn.Conv2d(8, 8, 1)
+        self.c = _Block(8, 16)
+        self.c.bn = nn.BatchNorm2d(16, track_running_stats=False)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.track_running_stats:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 2.0)
+
+    def forward(self, x):
+        x = self.a(x)
+        y = self.b.conv(x)
+        x = torch.relu(self.b.bn(y)) + self.b_extra(y)
+        return self.c(x)
+
+
+def test_only_pairs_that_fold_exactly_are_folded():
+    net = _Tricky().eval()
+    assert foldable_pairs(net) == [("a.conv", "a.bn")]
+    assert foldable_pairs(net, keep=("a.conv",)) == []  # a tapped convolution stays
+    folded, n = fold_batchnorm(net, keep=("a.conv",))
+    assert n == 0 and isinstance(folded.a.bn, nn.BatchNorm2d)
+    folded, n = fold_batchnorm(net)
+    assert n == 1 and isinstance(folded.a.bn, nn.Identity) and isinstance(net.a.bn, nn.BatchNorm2d)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+        # Folding the pair whose convolution output is reused changes the result.
+        wrong = fold_batchnorm(net)[0]
+        wrong.b.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(wrong.b.conv, wrong.b.bn)
+        wrong.b.bn = nn.Identity()
+        assert (wrong(x) - net(x)).abs().max() > 1e-2
+
+
+class _Branching(nn.Module):
+    """A forward pass that torch.fx cannot trace (it branches on a tensor's value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = _Block(3, 8)
+        self.b = _Block(8, 8)
+        self.c = _Block(8, 16)
+
+    def forward(self, x):
+        if x.mean() > 10:
+            x = x / 2
+        return self.c(self.b(self.a(x)))
+
+
+def test_untraceable_backbone_runs_unfolded(data):
+    X, X_test = data
+    assert foldable_pairs(_Branching().eval()) == []
+    det = _fit(X[:20], backbone=_Branching(), layers=["a", "b", "c"], n_features=12)
+    assert det._state.embedder.folded == 0 and det._state.embedder.channels_last
+    assert np.isfinite(det.anomaly_map(X_test)).all()
 
 
 def test_bfloat16_runs_the_backbone_in_reduced_precision(data, monkeypatch):
@@ -97,7 +252,7 @@ def test_bfloat16_runs_the_backbone_in_reduced_precision(data, monkeypatch):
     x = torch.from_numpy(X_test[:2]).float().div(255).movedim(-1, 1)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         x = (x - emb._norm[0]) / emb._norm[1]
-        direct = emb.taps(x)
+        direct = emb._runner[0](x.contiguous(memory_format=torch.channels_last))
     with torch.inference_mode():
         via = emb.forward(torch.from_numpy(X_test[:2]).float().div(255).movedim(-1, 1))
     for a, b in zip(via, direct):

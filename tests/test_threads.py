@@ -71,16 +71,15 @@ def test_four_threads_give_the_serial_results(det):
 
 def _held_in(thread_of, embedder, release, entered):
     """Make the fit thread wait in the backbone until ``release`` is set."""
-    taps = embedder.taps
+    forward = embedder.forward
 
     def held(x):
         if threading.current_thread() is thread_of():
             entered.set()
             release.wait(60)
-        return taps(x)
+        return forward(x)
 
-    embedder.taps = held
-    return taps
+    embedder.forward = held
 
 
 def test_predictions_alongside_partial_fit_use_one_state_or_the_other(det):
@@ -91,7 +90,7 @@ def test_predictions_alongside_partial_fit_use_one_state_or_the_other(det):
     entered, release = threading.Event(), threading.Event()
     fitter = threading.Thread(target=mine.partial_fit, args=(more,))
     embedder = mine._state.embedder  # shared by the new state
-    taps = _held_in(lambda: fitter, embedder, release, entered)
+    _held_in(lambda: fitter, embedder, release, entered)
     fitter.start()
     try:
         assert entered.wait(60)
@@ -99,7 +98,7 @@ def test_predictions_alongside_partial_fit_use_one_state_or_the_other(det):
     finally:
         release.set()
         fitter.join()
-        embedder.taps = taps
+        del embedder.forward
     np.testing.assert_array_equal(during, before)  # the state it started with
     np.testing.assert_allclose(mine.score_samples(TEST), after, rtol=1e-6)
     assert mine.n_samples_seen_ == det.n_samples_seen_ + len(more)
@@ -110,7 +109,7 @@ def test_two_fit_calls_at_once_fail_loudly(det):
     entered, release = threading.Event(), threading.Event()
     fitter = threading.Thread(target=mine.partial_fit, args=(TEST,))
     embedder = mine._state.embedder
-    taps = _held_in(lambda: fitter, embedder, release, entered)
+    _held_in(lambda: fitter, embedder, release, entered)
     fitter.start()
     try:
         assert entered.wait(60)
@@ -120,7 +119,7 @@ def test_two_fit_calls_at_once_fail_loudly(det):
     finally:
         release.set()
         fitter.join()
-        embedder.taps = taps
+        del embedder.forward
     assert mine.n_samples_seen_ == det.n_samples_seen_ + len(TEST)  # the first call completed
 
 
@@ -155,13 +154,13 @@ def test_torch_thread_settings_are_left_alone(det, monkeypatch):
     mine, default = torch.get_num_threads(), _fresh_thread_count()
     copied = copy.deepcopy(det)
     during = []
-    taps = copied._state.embedder.taps
+    forward = copied._state.embedder.forward
 
-    def watching_taps(x):
+    def watching_forward(x):
         during.append(_fresh_thread_count())
-        return taps(x)
+        return forward(x)
 
-    copied._state.embedder.taps = watching_taps
+    copied._state.embedder.forward = watching_forward
     copied.score_samples(TEST)
     copied.partial_fit(textured(8, seed=64))
     copied.anomaly_map(TEST)

@@ -1,0 +1,189 @@
+"""Images -> patch embeddings: preprocessing, the backbone's forward pass, kept channels.
+
+:class:`Embedder` runs the backbone the way that is fastest on its device and
+gives the same features as the module itself up to float32 rounding: a copy
+of the module with its batch normalizations folded into the convolutions
+before them (:mod:`.fold`), in the channels_last memory format on CPUs. The
+module the detector exposes (``backbone_``) and saves is never changed.
+"""
+
+import threading
+
+import torch
+
+from . import dtypes as _dtypes
+from .embedding import PatchEmbedding
+from .fold import fold_batchnorm
+from .maps import anomaly_maps
+from .progress import progress_bar, stage
+from .taps import LayerTaps
+from .tiles import Tiling, check_native
+
+#: Device types whose backbone runs in the channels_last memory format (NHWC):
+#: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
+#: resnet18 and wide_resnet50_2 (benchmarks/speed.py), with the same results
+#: up to float32 rounding. Not yet measured on GPUs.
+CHANNELS_LAST = {"cpu"}
+
+
+#: Fold batch normalizations into the convolutions before them (:mod:`.fold`):
+#: 1.16x the throughput of the unfolded channels_last resnet18 on a CPU
+#: (benchmarks/speed.py), the same results up to float32 rounding.
+FOLD_BATCHNORM = True
+
+
+class Embedder:
+    """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels.
+
+    The forward pass runs a copy of ``model`` with its batch normalizations
+    folded (while :data:`FOLD_BATCHNORM`), its weights and inputs in the
+    channels_last memory format on the devices of :data:`CHANNELS_LAST` (the
+    normalization writes its output in that layout, so the conversion costs no
+    extra pass). When that copy gains nothing (no normalization to fold, no
+    layout to change) ``model`` itself runs. If the copy's forward pass fails
+    (a custom module that calls ``view`` on its input, say), ``model`` runs
+    from then on, in the default layout: the switch is one assignment, so
+    predictions running in other threads are not disturbed.
+    """
+
+    def __init__(self, model, spec, feature_index, device, taps=None):
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.device = device
+        self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
+        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device,
+                                      spec.get("neighbourhood", 1))
+        self.image_size = tuple(spec["image_size"])
+        # Tiles (None: whole images); native: images must have image_size, never resized.
+        self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
+        self.native = spec["params"].get("image_size", True) is None
+        norm = spec["normalize"]
+        self._norm = None if norm is None else tuple(
+            torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in norm
+        )
+        self.dtype = spec["params"].get("backbone_dtype", "float32")
+        _dtypes.warn_if_emulated(self.dtype, device)
+        self.folded = 0
+        self._runner = self._fast_runner(spec["layers"])
+        self._switch = threading.Lock()
+
+    def _fast_runner(self, layers):
+        """``(taps, memory format)`` of the fastest way to run the backbone here."""
+        plain = (self.taps, torch.contiguous_format)
+        channels_last = torch.device(self.device).type in CHANNELS_LAST
+        if not (FOLD_BATCHNORM or channels_last):
+            return plain
+        module, self.folded = fold_batchnorm(self.model, keep=layers, enabled=FOLD_BATCHNORM)
+        if not (self.folded or channels_last):
+            return plain
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return LayerTaps(module.to(memory_format=fmt), layers), fmt
+
+    @property
+    def channels_last(self):
+        """Whether the backbone runs in the channels_last memory format."""
+        return self._runner[1] is torch.channels_last
+
+    @property
+    def runs_copy(self):
+        """Whether the forward pass runs a folded or re-laid-out copy of ``model``."""
+        return self._runner[0] is not self.taps
+
+    def _input(self, x, memory_format):
+        """The normalized input, in ``memory_format`` (one pass over the batch)."""
+        if self._norm is None:
+            return x.contiguous(memory_format=memory_format)
+        out = torch.empty_like(x, memory_format=memory_format)
+        return torch.sub(x, self._norm[0], out=out).div_(self._norm[1])
+
+    def _run(self, runner, x):
+        taps, fmt = runner
+        with _dtypes.autocast(self.dtype, self.device):
+            feats = taps(self._input(x, fmt))
+        return [f.float() for f in feats]
+
+    def forward(self, x):
+        """The tapped layers' float32 outputs for the (B, 3, h, w) images ``x`` in [0, 1]."""
+        runner = self._runner
+        if runner[0] is self.taps:
+            return self._run(runner, x)
+        try:
+            return self._run(runner, x)
+        except RuntimeError:
+            with self._switch:  # ``model`` as it is from now on, and run it
+                self._runner = (self.taps, torch.contiguous_format)
+        return self._run(self._runner, x)
+
+    @property
+    def n_tiles(self):
+        return 1 if self.tiling is None else self.tiling.n_tiles
+
+    @property
+    def n_positions(self):
+        """Positions of the Gaussians: patch positions, times the tile locations with
+        ``tile_sharing="position"``."""
+        P = self.patches.n_positions
+        return P if self.tiling is None else P * self.n_tiles // self.tiling.samples_per_image
+
+    @property
+    def samples_per_image(self):
+        return 1 if self.tiling is None else self.tiling.samples_per_image
+
+    def kept_item_bytes(self):
+        """Bytes of one image in the calibration sample (every tile's kept channels)."""
+        return 4 * self.n_tiles * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+
+    def take(self, feats, j):
+        """Image ``j``'s kept channels, for the calibration sample: one tensor per layer,
+        (n, h, w), or (n_tiles, n, h, w) with tiles."""
+        if self.tiling is None:
+            return self.patches.kept_channels(feats, j)
+        return self.tiling.kept_channels(self.patches, feats, j)
+
+    def embed_kept(self, items):
+        """Embeddings of images given by :meth:`take`, in the statistics' layout."""
+        if self.tiling is None:
+            return self.patches.embed_kept(items)
+        return self.tiling.embed_kept(self.patches, items)
+
+    def maps(self, dist, sigma):
+        """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
+        h, w = self.patches.grid
+        if self.tiling is None:
+            return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
+        return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
+
+    def batches(self, images, batch_size, *, desc, verbose=False):
+        """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
+        calling thread), the images' own sizes and the tapped layers' outputs.
+
+        With tiles, ``batch_size`` counts tiles: each batch holds ``batch_size //
+        n_tiles`` images (at least one) and all their tiles go through the backbone at once.
+        """
+        per_batch = max(1, batch_size // self.n_tiles)
+        batches = images.batches(per_batch, self.image_size, self.device)
+        bar = progress_bar(len(images), desc) if verbose else None
+        try:
+            while True:
+                with stage("decode"):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                x, sizes = batch
+                if self.native:
+                    check_native(sizes, self.image_size)
+                with stage("backbone"):
+                    if self.tiling is not None:
+                        x = self.tiling.split(x)  # normalization is per pixel: split first
+                    feats = self.forward(x)
+                with stage("embedding"):
+                    emb = self.patches(feats)
+                    if self.tiling is not None:
+                        emb = self.tiling.stats_layout(emb)
+                yield emb, sizes, feats
+                if bar is not None:
+                    bar.update(len(sizes))
+        finally:
+            if bar is not None:
+                bar.close()
+
+
