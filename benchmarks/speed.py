@@ -20,6 +20,11 @@ background load hits all of them alike (A, B, C, D, A, B, ...):
   copy of the model whose batch normalizations are folded into the
   convolutions before them (``skpadim._engine.fold``), as the detector runs
   it on a CPU: the gain of folding on top of channels_last.
+* with ``--compile``, the folded channels_last extractor after
+  ``torch.jit.trace`` + ``torch.jit.freeze`` (oneDNN's graph fusions) and
+  after ``torch.compile`` (inductor, needs a C compiler): the time of the
+  first call (tracing, compiling) is printed apart, with the number of images
+  after which it pays for itself.
 * ``backbone, channels_last + bfloat16`` (with ``--bf16``): the same under
   ``torch.autocast(dtype=torch.bfloat16)``, what ``backbone_dtype=
   "bfloat16"`` does.
@@ -148,11 +153,27 @@ def run_backbone(name, n_features, X, args, repeats):
     nhwc = nhwc.to(memory_format=torch.channels_last)
     folded = create_feature_extractor(fold_batchnorm(full, keep=det.layers_)[0], return_nodes=list(det.layers_))
     folded = folded.eval().to(memory_format=torch.channels_last)
+    first = {}  # seconds of the first calls of the graph variants (tracing, compiling)
     bare = {
         "backbone": lambda: bare_backbone(extractor, X, args.batch_size),
         "backbone_cl": lambda: bare_backbone(nhwc, X, args.batch_size, torch.channels_last),
         "backbone_cl_fold": lambda: bare_backbone(folded, X, args.batch_size, torch.channels_last),
     }
+    if args.compile:
+        sample = torch.zeros(args.batch_size, 3, args.image_size, args.image_size).contiguous(
+            memory_format=torch.channels_last)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            frozen = torch.jit.freeze(torch.jit.trace(folded, sample, strict=False).eval())
+            bare_backbone(frozen, X[: args.batch_size], args.batch_size, torch.channels_last)
+            bare_backbone(frozen, X[: args.batch_size], args.batch_size, torch.channels_last)
+            first["backbone_jit"] = time.perf_counter() - t0
+            compiled = torch.compile(folded)
+            t0 = time.perf_counter()
+            bare_backbone(compiled, X[: args.batch_size], args.batch_size, torch.channels_last)
+            first["backbone_compile"] = time.perf_counter() - t0
+        bare["backbone_jit"] = lambda: bare_backbone(frozen, X, args.batch_size, torch.channels_last)
+        bare["backbone_compile"] = lambda: bare_backbone(compiled, X, args.batch_size, torch.channels_last)
     if args.bf16:
         bare["backbone_cl_bf16"] = lambda: bare_backbone(nhwc, X, args.batch_size, torch.channels_last,
                                                          torch.bfloat16)
@@ -161,7 +182,7 @@ def run_backbone(name, n_features, X, args, repeats):
     print(f"  [{name}] warm-up done; load {load_average()}", file=sys.stderr, flush=True)
 
     runs = {"backbone": [], "backbone_profiled": [], "fit": [], "score": [],
-            **{k: [] for k in bare if k != "backbone"}}
+            **{k: [] for k in bare if k != "backbone"}, "first_calls": first}
     for r in range(repeats):
         for key, fn in bare.items():
             wall, usage = _timed(fn)
@@ -243,11 +264,21 @@ def report_backbone(report, name, n_features, N, runs, args):
                      *((label, runs[key]) for key, label in (
                          ("backbone_cl", "backbone, channels_last"),
                          ("backbone_cl_fold", "backbone, channels_last + folded batch norm (as fit runs it)"),
+                         ("backbone_jit", "backbone, as fit runs it + torch.jit.freeze"),
+                         ("backbone_compile", "backbone, as fit runs it + torch.compile"),
                          ("backbone_cl_bf16", "backbone, channels_last + bfloat16 autocast")) if key in runs),
                      ("fit, end to end", fits))]
                  + [row("fit, streaming loop only", fit_loop, [f["loop"] for f in fits]),
                     row("score_samples", score_total, [s["total"] for s in scores], usage(scores))])
-    lines = ["", "Profiler overhead on the "
+    lines = []
+    for key, label in (("backbone_jit", "torch.jit.trace + freeze"), ("backbone_compile", "torch.compile")):
+        if key in runs:
+            t_first = runs["first_calls"][key]
+            saved = _med(runs["backbone_cl_fold"], "total") / N - _med(runs[key], "total") / N
+            pays = f"pays for itself after {t_first / saved:,.0f} images" if saved > 0 else "never pays"
+            lines.append(f"{label}: first call(s) {t_first:.1f} s; against the folded channels_last "
+                         f"forward pass it {pays}.")
+    lines = ["", *lines, "Profiler overhead on the "
              f"backbone's forward work: {100 * (profiled_bare / bare - 1):+.1f}%. Fixed cost of fit "
              f"(everything but the streaming loop), measured: {fixed:.1f} s (range "
              f"{spread([f['total'] - f['loop'] for f in fits])}), independent of N."]
@@ -311,7 +342,8 @@ def report_backbone(report, name, n_features, N, runs, args):
                  f"{share_loop:.2f}, score_samples {share_score:.2f}."])
     report.record(name, {"n_features": n_features, "n_images": N, "image_size": args.image_size,
                          "batch_size": args.batch_size, "ratios": verdict,
-                         "rounds": {k: _raw(v) for k, v in runs.items()}})
+                         "first_calls": runs["first_calls"],
+                         "rounds": {k: _raw(v) for k, v in runs.items() if k != "first_calls"}})
 
 
 def main(argv=None):
@@ -328,6 +360,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--bf16", action="store_true",
                    help="also time the bare backbone under bfloat16 autocast (slow on CPUs without AVX512-BF16/AMX)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.jit.freeze and torch.compile (inductor) on the folded extractor")
     p.add_argument("--batch-sweep", type=int, nargs="+", default=None, metavar="B",
                    help="only time the backbone as the detector runs it at these batch sizes")
     p.add_argument("--json", help="also write the environment, the tables and every round to this JSON file")

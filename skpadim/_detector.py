@@ -133,7 +133,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     layers_, layer_shapes_ : tuples
         The layers used, and their (channels, height, width) at image_size.
     backbone_ : torch.nn.Module
-        The backbone; the modules after the last of ``layers_`` are removed.
+        The backbone; the modules after the last of ``layers_`` are removed. It
+        is what ``save`` stores and is never modified: the forward pass runs a
+        copy of it with its batch normalizations folded into the convolutions
+        before them (and, on a CPU, in the channels_last memory format), which
+        gives the same features up to float32 rounding.
     n_samples_seen_, n_channels_in_ : int
         Number of normal images fitted; their channel count (1 or 3).
     calibration_scores_ : ndarray of shape (k,), float64

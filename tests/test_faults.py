@@ -104,11 +104,11 @@ def _InterruptOnCall(fn, call, exc):
 def test_keyboard_interrupt_in_the_second_batch_keeps_the_state(monkeypatch, uninterrupted):
     det = PadimDetector(**P).fit(A)
     before = _snapshot(det)
-    taps = _InterruptOnCall(det._state.embedder.taps, 2, KeyboardInterrupt())
-    monkeypatch.setattr(det._state.embedder, "taps", taps)
+    forward = _InterruptOnCall(det._state.embedder.forward, 2, KeyboardInterrupt())
+    monkeypatch.setattr(det._state.embedder, "forward", forward)
     with pytest.raises(KeyboardInterrupt):
         det.partial_fit(B)
-    assert taps.n == 2
+    assert forward.n == 2
     monkeypatch.undo()
     _assert_same(_snapshot(det), before)
     _check_recovered(det, uninterrupted)
