@@ -64,3 +64,31 @@ def test_calibration_scores_are_out_of_sample():
     ref = PadimDetector(**SMALL).fit(X[others])
     np.testing.assert_allclose(det.calibration_scores_, ref.score_samples(X[ids]), rtol=1e-4)
     assert det.offset_ == pytest.approx(np.percentile(det.calibration_scores_, 25, method="weibull"))
+
+
+@pytest.mark.parametrize("grid, size, sigma", [
+    ((8, 8), (32, 32), 4.0),  # the detector's usual case: upsample x4, mirror borders
+    ((7, 9), (30, 41), 1.5),  # uneven factors, non-square
+    ((8, 8), (32, 32), 0.0),  # upsampling only
+    ((12, 12), (12, 12), 2.0),  # smoothing only
+    ((3, 5), (6, 10), 4.0),  # a map smaller than the kernel radius: replicated borders
+])
+def test_maps_as_matrix_products_match_interpolation_and_filter(grid, size, sigma):
+    """anomaly_maps applies resize + smoothing as two matrices; scipy's filter (mirror
+    borders) and torch's interpolation, step by step, give the same maps."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    from skpadim._engine.maps import anomaly_maps
+
+    dist = np.random.default_rng(1).random((3, *grid)) * 10
+    got = anomaly_maps(torch.from_numpy(dist).float(), size, sigma).numpy()
+    up = F.interpolate(torch.from_numpy(dist)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    up = up.numpy()
+    r = 2 * int(4 * sigma + 0.5) + 1 >> 1
+    mode = "mirror" if r < min(size) else "nearest"
+    expected = up if sigma == 0 else np.stack(
+        [ndimage.gaussian_filter(m, sigma, mode=mode, truncate=4.0) for m in up])
+    assert got.shape == (3, *size)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * expected.max())

@@ -90,9 +90,11 @@ def test_one_tile_as_large_as_the_image_is_the_untiled_detector(X70, sharing):
     tiled = PadimDetector(image_size=None, tile_size=32, tile_sharing=sharing, **FAST).fit(X)
     test = textured(4, 32, seed=9)
     np.testing.assert_array_equal(tiled.precision_, plain.precision_)
-    np.testing.assert_array_equal(tiled.calibration_scores_, plain.calibration_scores_)
-    assert tiled.offset_ == plain.offset_ and tiled.n_samples_seen_ == 70
-    np.testing.assert_array_equal(tiled.anomaly_map(test), plain.anomaly_map(test))
+    # Same distances; the untiled maps apply upsampling and smoothing as two matrix
+    # products, the tiled ones stitch in between: equal up to float32 rounding.
+    np.testing.assert_allclose(tiled.calibration_scores_, plain.calibration_scores_, rtol=2e-6)
+    assert tiled.offset_ == pytest.approx(plain.offset_, rel=2e-6) and tiled.n_samples_seen_ == 70
+    np.testing.assert_allclose(tiled.anomaly_map(test), plain.anomaly_map(test), rtol=2e-6, atol=1e-6)
 
 
 def test_gaussians_are_those_of_the_tiles_fitted_as_images():
