@@ -322,3 +322,36 @@ def test_large_batches_go_through_the_backbone_in_parts(data, monkeypatch):
     np.testing.assert_allclose(maps, whole.anomaly_map(X_test[:5].repeat(8, axis=0)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(det.mean_, whole.mean_, rtol=1e-5, atol=1e-6)
     assert det.offset_ == pytest.approx(whole.offset_, rel=1e-5)
+
+
+class _SamePadConv(nn.Conv2d):
+    """A convolution subclass that pads its input itself (as EfficientNet ports do)."""
+
+    def forward(self, x):
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+class _StandardizedConv(nn.Conv2d):
+    """A convolution subclass that standardizes its weights: folding a scale into them
+    would be undone."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_convolution_subclasses_fold_only_when_the_result_is_unchanged():
+    net = nn.Sequential(_SamePadConv(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        _StandardizedConv(8, 8, 3, padding=1), nn.BatchNorm2d(8)).eval()
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.3, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    assert foldable_pairs(net) == [("0", "1"), ("3", "4")]  # both are candidates ...
+    folded, n = fold_batchnorm(net)
+    assert n == 1 and isinstance(folded[1], nn.Identity) and isinstance(folded[4], nn.BatchNorm2d)
+    assert isinstance(folded[0], _SamePadConv)  # ... the subclass's own forward pass is kept
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)

@@ -11,8 +11,11 @@ The pairs are found on a :mod:`torch.fx` trace of the module. A pair folds
 only when the convolution and the normalization are called once each, the
 convolution's output feeds the normalization alone, both sit in the same
 parent module (so no module's output is the convolution's unfolded output)
-and the convolution is not a tapped layer. A module that cannot be traced is
-left as it is.
+and the convolution is not a tapped layer. Subclasses of ``nn.Conv2d`` (the
+"same" padding convolutions of EfficientNet ports, say) fold too, once the
+folded convolution is checked against the pair on a random input: one whose
+forward pass transforms its weights (weight standardization) fails the check
+and stays. A module that cannot be traced is left as it is.
 """
 
 import copy
@@ -29,7 +32,7 @@ class _Tracer(fx.Tracer):
     """torch.fx's tracer, which does not trace into removed modules."""
 
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, Removed) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Removed, nn.Conv2d)) or super().is_leaf_module(m, qualname)
 
 
 def foldable_pairs(model, keep=()):
@@ -54,7 +57,7 @@ def foldable_pairs(model, keep=()):
             continue
         conv, norm = modules.get(src.target), modules[node.target]
         if (
-            type(conv) is nn.Conv2d
+            isinstance(conv, nn.Conv2d)
             and norm.track_running_stats
             and norm.running_mean is not None
             and len(src.users) == 1
@@ -64,6 +67,24 @@ def foldable_pairs(model, keep=()):
         ):
             pairs.append((src.target, node.target))
     return pairs
+
+
+def _fused(conv, norm):
+    """The convolution with ``norm`` folded in, or None when a subclass's forward pass
+    does not give ``norm(conv(x))`` with the folded weights (checked on a random input)."""
+    fused = fuse_conv_bn_eval(conv, norm).requires_grad_(False)
+    if type(conv) is nn.Conv2d:
+        return fused
+    g = torch.Generator().manual_seed(0)
+    w = conv.weight
+    size = [max(9, 3 * k) for k in conv.kernel_size]
+    x = torch.randn(2, conv.in_channels, *size, generator=g).to(device=w.device, dtype=w.dtype)
+    try:
+        want, got = norm(conv(x)), fused(x)
+    except Exception:  # noqa: BLE001 - a module that only takes its own input size
+        return None
+    ok = want.shape == got.shape and bool((got - want).abs().max() <= 1e-4 * want.abs().max() + 1e-6)
+    return fused if ok else None
 
 
 def _strip_taps(model):
@@ -89,12 +110,14 @@ def fold_batchnorm(model, keep=(), enabled=True):
     out = copy.deepcopy(model)
     _strip_taps(out)
     modules = dict(out.named_modules())
+    n = 0
     with torch.no_grad():
         for conv_name, norm_name in pairs:
-            parent, _, conv_child = conv_name.rpartition(".")
-            norm_child = norm_name.rpartition(".")[2]
-            owner = modules[parent]
-            fused = fuse_conv_bn_eval(modules[conv_name], modules[norm_name])
-            owner._modules[conv_child] = fused.requires_grad_(False)
-            owner._modules[norm_child] = nn.Identity()
-    return out.eval(), len(pairs)
+            fused = _fused(modules[conv_name], modules[norm_name])
+            if fused is None:
+                continue
+            parent = conv_name.rpartition(".")[0]
+            modules[parent]._modules[conv_name.rpartition(".")[2]] = fused
+            modules[parent]._modules[norm_name.rpartition(".")[2]] = nn.Identity()
+            n += 1
+    return out.eval(), n
