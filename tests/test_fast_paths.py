@@ -308,22 +308,6 @@ def test_fit_command_passes_backbone_dtype():
         parser.parse_args(["fit", "good", "--out", "m.skpadim", "--backbone-dtype", "int8"])
 
 
-def test_large_batches_go_through_the_backbone_in_parts(data, monkeypatch):
-    X, X_test = data
-    calls = []
-    monkeypatch.setitem(embedder_module.BACKBONE_BATCH, "cpu", 16)
-    det = _fit(X, batch_size=40)  # 70 images: batches of 40 and 30, backbone parts of <= 16
-    forward = det._state.embedder._forward
-    det._state.embedder._forward = lambda x: calls.append(len(x)) or forward(x)
-    maps = det.anomaly_map(X_test[:5].repeat(8, axis=0))  # one batch of 40
-    assert calls == [16, 16, 8]
-    monkeypatch.setitem(embedder_module.BACKBONE_BATCH, "cpu", None)
-    whole = _fit(X, batch_size=40)
-    np.testing.assert_allclose(maps, whole.anomaly_map(X_test[:5].repeat(8, axis=0)), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(det.mean_, whole.mean_, rtol=1e-5, atol=1e-6)
-    assert det.offset_ == pytest.approx(whole.offset_, rel=1e-5)
-
-
 class _SamePadConv(nn.Conv2d):
     """A convolution subclass that pads its input itself (as EfficientNet ports do)."""
 

@@ -31,13 +31,6 @@ CHANNELS_LAST = {"cpu"}
 #: (benchmarks/speed.py), the same results up to float32 rounding.
 FOLD_BATCHNORM = True
 
-#: Images (or tiles) that go through the backbone at once, per device type:
-#: larger batches are split. On a CPU resnet18 runs 1.16x faster 8 or 16 at a
-#: time than 32 at a time (its activations stay in the caches), and
-#: wide_resnet50_2 1.04x (``benchmarks/speed.py --batch-sweep``). Not measured
-#: on GPUs, where ``batch_size`` is used as it is.
-BACKBONE_BATCH = {"cpu": 16}
-
 
 class Embedder:
     """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels.
@@ -109,15 +102,7 @@ class Embedder:
         return [f.float() for f in feats]
 
     def forward(self, x):
-        """The tapped layers' float32 outputs for the (B, 3, h, w) images ``x`` in [0, 1],
-        at most :data:`BACKBONE_BATCH` images at a time."""
-        step = BACKBONE_BATCH.get(torch.device(self.device).type, len(x)) or len(x)
-        if len(x) <= step:
-            return self._forward(x)
-        parts = [self._forward(x[i : i + step]) for i in range(0, len(x), step)]
-        return [torch.cat(layer) for layer in zip(*parts)]
-
-    def _forward(self, x):
+        """The tapped layers' float32 outputs for the (B, 3, h, w) images ``x`` in [0, 1]."""
         runner = self._runner
         if runner[0] is self.taps:
             return self._run(runner, x)
