@@ -22,7 +22,10 @@ chunk, with the alternatives that were considered:
 * the float32 route (Cholesky, inverse and solve in float32, which would
   need a float64 check of each result, also timed, and a float64 redo where
   the check fails): on an AVX2 CPU the float32 LAPACK kernels save less
-  than the check costs, so the library stays in float64 (docs/benchmarks.md).
+  than the check costs, so the library stays in float64 (docs/benchmarks.md);
+* the same Cholesky factorization and inverse through scipy's LAPACK (the
+  OpenBLAS of scipy's wheels), one matrix per call: what another LAPACK
+  would give (docs/benchmarks.md says why the library does not call it).
 
 Part 2 times the library calls on statistics of random embeddings
 (``--positions`` positions, scaled to the 3136 positions of a 224 px image),
@@ -46,6 +49,9 @@ Usage::
 import argparse
 import time
 
+import numpy as np
+import scipy.linalg  # noqa: F401 - loads scipy's BLAS, named in the tables
+import threadpoolctl
 import torch
 
 from skpadim._engine import gaussian as _gaussian
@@ -54,6 +60,9 @@ from skpadim._engine.gaussian import GaussianStats
 from _common import Report, environment, machine_header, median
 
 P_224 = 3136
+#: The BLAS behind scipy.linalg.lapack (OpenBLAS in scipy's wheels; torch uses MKL on x86).
+_SCIPY_BLAS = next((i["internal_api"] for i in threadpoolctl.threadpool_info()
+                    if "scipy" in i["filepath"] and i["user_api"] == "blas"), "unknown")
 HELD = 64  # calibration images (the reservoir's capacity)
 
 
@@ -99,6 +108,18 @@ def _steps(c, d):
         w = (inv32 @ probes.float()).double()
         return inv32 @ (probes - A @ w).float()
 
+    from scipy.linalg import lapack
+
+    covs = [np.ascontiguousarray(m) for m in cov.numpy()]  # C order: LAPACK sees the transpose
+
+    def sp_cholesky():
+        return [lapack.dpotrf(m, lower=1, clean=0) for m in covs]
+
+    factors = [f for f, _ in sp_cholesky()]
+
+    def sp_inverse():
+        return [lapack.dpotri(f, lower=1) for f in factors]
+
     return {
         "covariance: baddbmm on the float64 copy [library]": form_library,
         "covariance: triu + mirrored copy": form_mirrored,
@@ -114,11 +135,16 @@ def _steps(c, d):
         f"float32: triangular solve, {HELD} columns": lambda: torch.linalg.solve_triangular(
             U32.mT, held32, upper=False),
         "float32: float64 check of one result (2 probes)": check,
+        f"scipy's LAPACK ({_SCIPY_BLAS}): Cholesky, dpotrf": sp_cholesky,
+        f"scipy's LAPACK ({_SCIPY_BLAS}): inverse from it, dpotri": sp_inverse,
     }
 
 
 def part_steps(dims, repeats):
     threads = torch.get_num_threads()
+    # OpenBLAS (scipy's) on one thread too (process-wide, for this benchmark only): the CPU time
+    # below is the calling thread's, which a multi-threaded BLAS would hide.
+    limits = threadpoolctl.threadpool_limits(limits={"openblas": 1})
     torch.set_num_threads(1)
     rows = []
     try:
@@ -137,6 +163,7 @@ def part_steps(dims, repeats):
                 a, b = median(times[chunks[0], k]), median(times[chunks[1], k])
                 rows.append([str(d), k, f"{a:.3f}", f"{b:.3f}", f"{a * P_224 / 1000:.2f}"])
     finally:
+        limits.restore_original_limits()
         torch.set_num_threads(threads)
     return chunks, rows
 
