@@ -29,8 +29,10 @@ chunk, with the alternatives that were considered:
 
 Part 2 times the library calls on statistics of random embeddings
 (``--positions`` positions, scaled to the 3136 positions of a 224 px image),
-with torch's default number of threads (chunks on all cores) and after
-``torch.set_num_threads(1)`` (one worker), alternating.
+with torch's default number of threads (chunks on all cores), after
+``torch.set_num_threads(1)`` (one worker), and through scipy's OpenBLAS run on
+one thread per worker, as the ``skpadim`` program runs them
+(``skpadim._engine.lapack``), alternating.
 
 Part 3 times the streaming update per image, for batches of 32 and 64
 images: subtracting the shift, summing in float64 and one ``baddbmm`` of the
@@ -169,7 +171,14 @@ def part_steps(dims, repeats):
 
 
 def part_calls(dims, positions, repeats):
+    """The library calls with torch's LAPACK on all threads and on one, and (where scipy's
+    LAPACK is OpenBLAS) through it on one OpenBLAS thread, as the ``skpadim`` program runs
+    them (``skpadim._engine.lapack``); interleaved."""
+    from skpadim._engine import lapack
+
     threads = torch.get_num_threads()
+    openblas = threadpoolctl.ThreadpoolController().select(internal_api="openblas")
+    variants = [("torch", threads), ("torch", 1)] + ([("openblas", threads)] if lapack._routines() else [])
     rows = []
     for d in dims:
         P = positions
@@ -182,22 +191,41 @@ def part_calls(dims, positions, repeats):
             "precision(0.01)": lambda: stats.precision(0.01),
             f"distances_of({HELD} images, held_out=True)": lambda: stats.distances_of(held, 0.01, held_out=True),
         }
-        times = {(k, t): [] for k in calls for t in (threads, 1)}
+        times = {(k, v): [] for k in calls for v in variants}
+
+        def run(name, fn, variant):
+            lib, t = variant
+            torch.set_num_threads(t)
+            limits = openblas.limit(limits=1) if lib == "openblas" else None
+            lapack.ALLOWED = lib == "openblas"
+            try:
+                assert lapack.enabled("cpu") == (lib == "openblas") or lapack._intel_cpu()
+                t0 = time.perf_counter()
+                fn()
+                times[name, variant].append(time.perf_counter() - t0)
+            finally:
+                lapack.ALLOWED = True
+                if limits is not None:
+                    limits.restore_original_limits()
+                torch.set_num_threads(threads)
+
         with torch.inference_mode():
             for name, fn in calls.items():
                 fn()  # warm
             for _ in range(repeats):
                 for name, fn in calls.items():
-                    for t in (threads, 1):
-                        torch.set_num_threads(t)
-                        t0 = time.perf_counter()
-                        fn()
-                        times[name, t].append(time.perf_counter() - t0)
-                torch.set_num_threads(threads)
+                    for v in variants:
+                        run(name, fn, v)
         for name in calls:
-            m, m1 = median(times[name, threads]), median(times[name, 1])
-            rows.append([f"d={d}, {P} positions", name, f"{m * P_224 / P:.2f}", f"{m1 * P_224 / P:.2f}",
-                         f"{m1 / m:.2f}x"])
+            m, m1 = median(times[name, variants[0]]), median(times[name, variants[1]])
+            row = [f"d={d}, {P} positions", name, f"{m * P_224 / P:.2f}", f"{m1 * P_224 / P:.2f}",
+                   f"{m1 / m:.2f}x"]
+            if len(variants) > 2:
+                mo = median(times[name, variants[2]])
+                row += [f"{mo * P_224 / P:.2f}", f"{m / mo:.2f}x"]
+            else:
+                row += ["-", "-"]
+            rows.append(row)
     return threads, rows
 
 
@@ -256,7 +284,7 @@ def main(argv=None):
     threads, rows = part_calls(args.dims, args.positions, args.repeats)
     report.text(["", f"### Library calls, seconds scaled to P={P_224}", ""])
     report.table("calls", ["statistics", "call", f"s, {threads} threads (chunks on all cores)", "s, 1 thread",
-                           "speed-up"], rows)
+                           "speed-up", f"s, scipy's OpenBLAS, {threads} threads", "OpenBLAS gain"], rows)
     threads, rows = part_update(args.dims, args.positions, args.repeats)
     report.text(["", f"### Streaming update of the sums of outer products (float32, {threads} threads), "
                  f"ms per image for P={P_224}", ""])

@@ -232,3 +232,86 @@ def test_concurrent_callers_restore_the_thread_count(monkeypatch):
     assert len(results) == 60
     for r in results:
         np.testing.assert_array_equal(r.numpy(), expected.numpy())
+
+
+# ------------------------------------------------------- OpenBLAS end of fit
+
+
+def _force_openblas(monkeypatch, on):
+    import skpadim._engine.lapack as lapack
+
+    assert lapack._routines() is not None, "scipy's LAPACK is not OpenBLAS here"
+    monkeypatch.setattr(lapack, "enabled", lambda device: on)
+
+
+@pytest.mark.parametrize("covariance", ["sample", "oas"])
+def test_openblas_end_of_fit_equals_torch_lapack(monkeypatch, covariance):
+    """The same precisions and held-out distances through scipy's OpenBLAS as through
+    torch's LAPACK, with the chunks shared out to several worker threads."""
+    P, d = 40, 24
+    x = _data(60, P=P, d=d, seed=3)
+    stats = _stats([x[..., :30], x[..., 30:]])
+    held = x[..., :9].clone()
+    monkeypatch.setattr(gaussian, "_chunk_size", lambda d, device, itemsize=8, budget=None: 3)
+    results = {}
+    for on in (False, True):
+        _force_openblas(monkeypatch, on)
+        results[on] = (stats.precision(0.01, covariance=covariance),
+                       stats.distances_of(held, 0.01, held_out=True, covariance=covariance),
+                       stats.distances_of(held, 0.01, radius=1, grid=(5, 8), covariance=covariance))
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6 * float(b.abs().max()))
+    ref_mean, ref_prec = _ref(x, 0.01)
+    if covariance == "sample":
+        np.testing.assert_allclose(results[True][0].numpy(), ref_prec, rtol=1e-4, atol=1e-4 * np.abs(ref_prec).max())
+
+
+def test_openblas_refuses_a_matrix_that_is_not_positive_definite(monkeypatch):
+    _force_openblas(monkeypatch, True)
+    stats = _stats([_data(20, P=4, d=6)])
+    stats.outer[2].diagonal().sub_(1e6)
+    with pytest.raises(ValueError, match="not positive definite.*epsilon=0.01"):
+        stats.precision(0.01)
+
+
+def test_openblas_only_where_it_runs_one_thread_on_a_cpu_other_than_intel(monkeypatch):
+    import skpadim._engine.lapack as lapack
+
+    controller = lapack._routines()[3]
+    monkeypatch.setattr(lapack, "_intel_cpu", lambda: False)
+    original = controller.get_num_threads()
+    try:
+        controller.set_num_threads(2)
+        assert not lapack.enabled("cpu")  # its threads would compete with the workers
+        controller.set_num_threads(1)
+        assert lapack.enabled("cpu") and lapack.enabled(torch.device("cpu"))
+        assert not lapack.enabled("cuda") and not lapack.enabled("meta")
+        monkeypatch.setattr(lapack, "ALLOWED", False)
+        assert not lapack.enabled("cpu")
+        monkeypatch.setattr(lapack, "ALLOWED", True)
+        monkeypatch.setattr(lapack, "_intel_cpu", lambda: True)  # MKL is the faster one there
+        assert not lapack.enabled("cpu")
+    finally:
+        controller.set_num_threads(original)
+
+
+def test_the_command_sets_only_scipys_openblas_to_one_thread():
+    """single_threaded_process changes scipy's OpenBLAS, not numpy's nor torch's (a
+    subprocess: the setting is process-wide)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy, scipy.linalg, threadpoolctl, torch\n"
+        "from skpadim._engine import lapack\n"
+        "before = {i['filepath']: i['num_threads'] for i in threadpoolctl.threadpool_info()}\n"
+        "t = torch.get_num_threads()\n"
+        "assert lapack.single_threaded_process()\n"
+        "after = {i['filepath']: i['num_threads'] for i in threadpoolctl.threadpool_info()}\n"
+        "changed = {p for p in after if after[p] != before[p]}\n"
+        "assert all('scipy.libs' in p or 'scipy_openblas-' in p for p in changed), changed\n"
+        "assert lapack._routines()[3].get_num_threads() == 1 and torch.get_num_threads() == t\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

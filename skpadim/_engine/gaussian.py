@@ -16,6 +16,7 @@ fits can be split over chunks, processes or machines.
 
 import torch
 
+from . import lapack
 from .parallel import for_chunks
 
 # Bytes of float64 matrices per chunk of positions when factorizing: small
@@ -83,14 +84,24 @@ def _oas_(cov, n):
     return cov
 
 
-def _cholesky_upper(cov, epsilon):
-    """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only."""
+def _not_positive_definite(epsilon):
+    return ValueError(
+        "The regularized covariance is not positive definite at some patch "
+        f"positions (epsilon={epsilon}); increase epsilon."
+    )
+
+
+def _cholesky_upper(cov, epsilon, openblas=False):
+    """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only
+    (``openblas``: in place, through :mod:`.lapack`; the lower triangle is then left as it
+    was, and only the upper one is meaningful)."""
+    if openblas:
+        if lapack.cholesky_upper_(cov):
+            raise _not_positive_definite(epsilon)
+        return cov
     U, info = torch.linalg.cholesky_ex(cov, upper=True)
     if int(info.max()) > 0:
-        raise ValueError(
-            "The regularized covariance is not positive definite at some patch "
-            f"positions (epsilon={epsilon}); increase epsilon."
-        )
+        raise _not_positive_definite(epsilon)
     return U
 
 
@@ -194,10 +205,12 @@ class GaussianStats:
         # Zero-filled here, by torch's own threads: first-touch page faults taken
         # concurrently by the workers cost several times more.
         out = torch.zeros(P, d, d, dtype=dtype, device=self.outer.device)
+        openblas = lapack.enabled(self.outer.device)
 
         def invert(a, b):
             cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon, covariance)
-            out[a:b] = torch.cholesky_inverse(_cholesky_upper(cov, epsilon), upper=True)
+            U = _cholesky_upper(cov, epsilon, openblas)
+            out[a:b] = lapack.cholesky_inverse_(U) if openblas else torch.cholesky_inverse(U, upper=True)
 
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
@@ -224,6 +237,7 @@ class GaussianStats:
             raise ValueError(f"Cannot leave out {B} of {self.n} images.")
         steps = offsets(radius)
         outs = [torch.empty(P, B, dtype=torch.float64, device=emb.device) for _ in steps]
+        openblas = lapack.enabled(emb.device)
 
         def score(a, b):
             shift = self.shift[a:b, :, None].double()
@@ -232,11 +246,15 @@ class GaussianStats:
             if held_out:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
-            U = _cholesky_upper(_covariance(outer, total, n, epsilon, covariance), epsilon)
+            U = _cholesky_upper(_covariance(outer, total, n, epsilon, covariance), epsilon, openblas)
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
                     y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift
-                z = torch.linalg.solve_triangular(U.mT, y - (total / n)[:, :, None], upper=False)
+                y = y - (total / n)[:, :, None]
+                if openblas:
+                    z = lapack.solve_upper_transposed(U, y)
+                else:
+                    z = torch.linalg.solve_triangular(U.mT, y, upper=False)
                 out[a:b] = z.square().sum(1)
 
         for_chunks(P, _chunk_size(d, emb.device), emb.device, score)

@@ -51,13 +51,17 @@ def console():
     The program owns its process, so, unlike the estimator, it raises
     glibc's allocator thresholds for the whole run (freed activation buffers
     are reused instead of unmapped and faulted in again: about 1.3x less CPU
-    time, ``python benchmarks/allocator.py``), then exits with
+    time, ``python benchmarks/allocator.py``) and runs scipy's OpenBLAS on
+    one thread, which lets the end of fit use it on CPUs where it is faster
+    than torch's LAPACK (:mod:`skpadim._engine.lapack`); then it exits with
     :func:`main`'s status. Call :func:`main` to run the command line inside
     your own process without that.
     """
     import sys
 
     from .._engine.heap import tune_process_allocator
+    from .._engine.lapack import single_threaded_process
 
     tune_process_allocator()
+    single_threaded_process()
     sys.exit(main())
