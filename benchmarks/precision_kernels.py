@@ -146,7 +146,7 @@ def part_steps(dims, repeats):
     threads = torch.get_num_threads()
     # OpenBLAS (scipy's) on one thread too (process-wide, for this benchmark only): the CPU time
     # below is the calling thread's, which a multi-threaded BLAS would hide.
-    limits = threadpoolctl.threadpool_limits(limits={"openblas": 1})
+    limits = threadpoolctl.ThreadpoolController().select(internal_api="openblas").limit(limits=1)
     torch.set_num_threads(1)
     rows = []
     try:
