@@ -339,3 +339,17 @@ def test_convolution_subclasses_fold_only_when_the_result_is_unchanged():
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_module_folds_too():
+    """torchvision's feature extractors are fx GraphModules, whose copies come back in
+    training mode: the folded copy is in evaluation mode and gives the same features."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    net = create_feature_extractor(_trained_looking_resnet18(), ["layer1", "layer2"]).eval()
+    folded, n = fold_batchnorm(net, keep=("layer1", "layer2"))
+    assert n > 0 and not folded.training
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for k, v in net(x).items():
+            torch.testing.assert_close(folded(x)[k], v, rtol=1e-4, atol=1e-4)

@@ -107,7 +107,7 @@ def fold_batchnorm(model, keep=(), enabled=True):
     (20, 'Identity', 'BatchNorm2d')
     """
     pairs = foldable_pairs(model.eval(), keep) if enabled else []
-    out = copy.deepcopy(model)
+    out = copy.deepcopy(model).eval()  # a copy of an fx GraphModule comes back in training mode
     _strip_taps(out)
     modules = dict(out.named_modules())
     n = 0
