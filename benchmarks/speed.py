@@ -197,7 +197,7 @@ def run_backbone(name, n_features, X, args, repeats):
     return runs
 
 
-def batch_sweep(report, name, X, args):
+def batch_sweep(report, name, n_features, X, args):
     """For each of ``args.batch_sweep`` batch sizes, interleaved round by round: the
     backbone as the detector runs it on a CPU (channels_last, folded batch norm), and
     ``PadimDetector(batch_size=B)``'s fit and score_samples on the same images."""
@@ -205,7 +205,6 @@ def batch_sweep(report, name, X, args):
     layers = ["layer1", "layer2", "layer3"]
     ext = create_feature_extractor(fold_batchnorm(full, keep=layers)[0], return_nodes=layers)
     ext = ext.eval().to(memory_format=torch.channels_last)
-    n_features = {"resnet18": 100, "wide_resnet50_2": 550}[name]
     sizes = args.batch_sweep
     dets = {b: PadimDetector(backbone=name, weights=None, n_features=n_features, image_size=args.image_size,
                              batch_size=b, device="cpu", random_state=0) for b in sizes}
@@ -398,7 +397,7 @@ def main(argv=None):
     ]))
     for name, n_features, N in plan:
         if args.batch_sweep:
-            batch_sweep(report, name, X[:N], args)
+            batch_sweep(report, name, n_features, X[:N], args)
             continue
         runs = run_backbone(name, n_features, X[:N], args, args.repeats or (3 if name == "resnet18" else 2))
         report_backbone(report, name, n_features, N, runs, args)

@@ -7,8 +7,6 @@ before them (:mod:`.fold`), in the channels_last memory format on CPUs. The
 module the detector exposes (``backbone_``) and saves is never changed.
 """
 
-import threading
-
 import torch
 
 from . import dtypes as _dtypes
@@ -64,7 +62,6 @@ class Embedder:
         _dtypes.warn_if_emulated(self.dtype, device)
         self.folded = 0
         self._runner = self._fast_runner(spec["layers"])
-        self._switch = threading.Lock()
 
     def _fast_runner(self, layers):
         """``(taps, memory format)`` of the fastest way to run the backbone here."""
@@ -108,9 +105,8 @@ class Embedder:
             return self._run(runner, x)
         try:
             return self._run(runner, x)
-        except RuntimeError:
-            with self._switch:  # ``model`` as it is from now on, and run it
-                self._runner = (self.taps, torch.contiguous_format)
+        except RuntimeError:  # ``model`` as it is from now on (one assignment), and run it
+            self._runner = (self.taps, torch.contiguous_format)
         return self._run(self._runner, x)
 
     @property

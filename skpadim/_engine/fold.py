@@ -19,13 +19,12 @@ and stays. A module that cannot be traced is left as it is.
 """
 
 import copy
-import functools
 
 import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .taps import Removed, _record
+from .taps import Removed, remove_tap_hooks
 
 
 class _Tracer(fx.Tracer):
@@ -87,14 +86,6 @@ def _fused(conv, norm):
     return fused if ok else None
 
 
-def _strip_taps(model):
-    """Remove the layer-tap hooks that a deep copy brought along."""
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, functools.partial) and hook.func is _record:
-                del module._forward_hooks[key]
-
-
 def fold_batchnorm(model, keep=(), enabled=True):
     """A copy of ``model`` (in evaluation mode) with its foldable batch normalizations
     folded (none with ``enabled=False``: a plain copy), and the number folded; ``model``
@@ -108,7 +99,7 @@ def fold_batchnorm(model, keep=(), enabled=True):
     """
     pairs = foldable_pairs(model.eval(), keep) if enabled else []
     out = copy.deepcopy(model).eval()  # a copy of an fx GraphModule comes back in training mode
-    _strip_taps(out)
+    remove_tap_hooks(out, stale_only=False)  # the copied hooks would write into model's taps
     modules = dict(out.named_modules())
     n = 0
     with torch.no_grad():

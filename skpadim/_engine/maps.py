@@ -23,9 +23,14 @@ import torch
 import torch.nn.functional as F
 
 
+def kernel_radius(sigma):
+    """Taps on each side of the centre of :func:`gaussian_kernel`."""
+    return int(4.0 * sigma + 0.5)
+
+
 def gaussian_kernel(sigma, device, dtype=torch.float32):
     """Normalized 1-D Gaussian taps."""
-    size = 2 * int(4.0 * sigma + 0.5) + 1
+    size = 2 * kernel_radius(sigma) + 1
     x = torch.arange(size, dtype=torch.float64) - size // 2
     k = torch.exp(-(x**2) / (2.0 * sigma**2))
     return (k / k.sum()).to(device=device, dtype=dtype)
@@ -35,8 +40,7 @@ def smooth(maps, sigma):
     """Separable Gaussian blur of (B, H, W) maps; mirror padding at the borders."""
     if sigma == 0:
         return maps
-    k = gaussian_kernel(sigma, maps.device, maps.dtype)
-    r = k.numel() // 2
+    k, r = gaussian_kernel(sigma, maps.device, maps.dtype), kernel_radius(sigma)
     x = maps[:, None]
     mode = _pad_mode(r, maps.shape[-2:])
     x = F.pad(x, (r, r, r, r), mode=mode)
@@ -66,8 +70,7 @@ def _axis_operator(n_in, n_out, sigma, mode, device, dtype):
         rows = F.interpolate(rows[None, :, :, None], size=(n_out, 1), mode="bilinear",
                              align_corners=False)[0, :, :, 0]
     if sigma:
-        k = gaussian_kernel(sigma, "cpu", torch.float64)
-        r = k.numel() // 2
+        k, r = gaussian_kernel(sigma, "cpu", torch.float64), kernel_radius(sigma)
         rows = F.conv1d(F.pad(rows[:, None], (r, r), mode=mode), k.view(1, 1, -1))[:, 0]
     return rows.T.contiguous().to(device=device, dtype=dtype)
 
@@ -81,7 +84,7 @@ def anomaly_maps(dist, image_size, sigma):
     (B, h, w), (H, W) = dist.shape, tuple(image_size)
     if (h, w) == (H, W) and not sigma:
         return dist
-    mode = _pad_mode(gaussian_kernel(sigma, "cpu").numel() // 2, (H, W)) if sigma else None
+    mode = _pad_mode(kernel_radius(sigma), (H, W)) if sigma else None
     key = (float(sigma), mode, str(dist.device), dist.dtype)
     rows = _axis_operator(h, H, *key)  # (H, h)
     cols = _axis_operator(w, W, *key)  # (W, w)

@@ -53,11 +53,13 @@ def _layer_error(layers, names, missing):
     )
 
 
-def _remove_stale_hooks(model):
-    """Drop the hooks of LayerTaps that no longer exist (or came with an unpickled module)."""
+def remove_tap_hooks(model, stale_only=True):
+    """Drop the hooks of LayerTaps that no longer exist (or came with an unpickled module);
+    with ``stale_only=False``, every LayerTaps hook (those a deep copy brought along)."""
     for module in model.modules():
         for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, functools.partial) and hook.func is _record and hook.args[0] not in _LIVE:
+            if (isinstance(hook, functools.partial) and hook.func is _record
+                    and not (stale_only and hook.args[0] in _LIVE)):
                 del module._forward_hooks[key]
 
 
@@ -79,7 +81,7 @@ class LayerTaps:
         self.model = model
         self.layers = tuple(layers)
         self._token = uuid.uuid4().hex  # unique across processes (hooks can be pickled)
-        _remove_stale_hooks(model)
+        remove_tap_hooks(model)
         _LIVE[self._token] = self
         for name in self.layers:
             modules[name].register_forward_hook(
