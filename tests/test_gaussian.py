@@ -87,6 +87,42 @@ def test_distances_with_removed_images():
         _stats([removed]).distances_of(removed, 0.01, held_out=True)
 
 
+
+def _held_out_reference(x, k, eps, radius=0, grid=None):
+    """Slow and plain: the Gaussians of images k: (numpy covariance + eps I, explicit
+    inverse) scoring images :k, each patch's smallest distance over the window."""
+    x = x.double().numpy()
+    P, d, n = x.shape
+    rest, held = x[..., k:], x[..., :k]
+    out = np.full((P, k), np.inf)
+    H, W = grid or (1, P)
+    for q in range(P):  # the Gaussian at q meets the patch at q - step
+        mean = rest[q].mean(-1)
+        prec = np.linalg.inv(np.cov(rest[q], ddof=1) + eps * np.eye(d))
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                y, xx = q // W - dy, q % W - dx
+                if 0 <= y < H and 0 <= xx < W:
+                    r = held[y * W + xx] - mean[:, None]
+                    dist = np.sqrt(np.einsum("ik,ij,jk->k", r, prec, r))
+                    out[y * W + xx] = np.minimum(out[y * W + xx], dist)
+    return out
+
+
+@pytest.mark.parametrize("openblas", [False, True])
+@pytest.mark.parametrize("radius, grid", [(0, None), (1, (4, 6))])
+def test_held_out_distances_match_a_plain_reference(monkeypatch, openblas, radius, grid):
+    """Left-out images are scored by the Gaussians of the others, with the same epsilon,
+    also in directions where the ridge dominates, chunked over worker threads."""
+    P, d, n, k = 24, 12, 60, 9
+    x = _data(n, P=P, d=d, seed=4)
+    x[:, : d // 2] = 100 + (x[:, : d // 2] - 100) * 0.02  # variance 4e-4, below epsilon
+    s = _stats([x[..., :25], x[..., 25:]])
+    monkeypatch.setattr(gaussian, "_chunk_size", lambda d, device, itemsize=8, budget=None: 5)
+    _force_openblas(monkeypatch, openblas)
+    dist = s.distances_of(x[..., :k].clone(), 0.01, held_out=True, radius=radius, grid=grid)
+    np.testing.assert_allclose(dist.numpy(), _held_out_reference(x, k, 0.01, radius, grid), rtol=2e-5)
+
 def test_single_sample_is_isotropic():
     x = _data(1)
     s = _stats([x])
