@@ -104,6 +104,19 @@ def test_precision_kernels_quick_mode(tmp_path):
             assert all(positive(x) for x in numbers), row
 
 
+
+def test_calibration_shortcut_quick_mode(tmp_path):
+    data = run_quick("calibration_shortcut.py", tmp_path)
+    assert set(data["tables"]) == {"speed", "calibration"}
+    for row in data["tables"]["speed"]["rows"]:
+        assert all(positive(float(c.rstrip("x"))) for c in row[3:]), row
+    rows = data["tables"]["calibration"]["rows"]
+    assert [row[0] for row in rows] == ["exact", "ridge", "scatter"]
+    assert float(rows[0][-1]) == 0.0  # the exact definition against itself
+    for row in rows:
+        assert all(0 <= float(c) <= 1 for c in row[1:4]), row
+    assert float(rows[1][-1]) < 0 < float(rows[2][-1])  # a larger ridge lowers the distances
+
 @pytest.mark.parametrize(
     "script, expected",
     [
