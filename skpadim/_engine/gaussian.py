@@ -14,6 +14,8 @@ Statistics with different shifts merge exactly (and can be subtracted), so
 fits can be split over chunks, processes or machines.
 """
 
+import threading
+
 import torch
 
 from . import lapack
@@ -91,18 +93,44 @@ def _not_positive_definite(epsilon):
     )
 
 
-def _cholesky_upper(cov, epsilon, openblas=False):
+def _cholesky_upper(cov, epsilon, openblas=False, out=None):
     """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only
     (``openblas``: in place, through :mod:`.lapack`; the lower triangle is then left as it
-    was, and only the upper one is meaningful)."""
+    was, and only the upper one is meaningful; otherwise into ``out`` when given)."""
     if openblas:
         if lapack.cholesky_upper_(cov):
             raise _not_positive_definite(epsilon)
         return cov
-    U, info = torch.linalg.cholesky_ex(cov, upper=True)
+    if out is None:
+        U, info = torch.linalg.cholesky_ex(cov, upper=True)
+    else:
+        U, info = torch.linalg.cholesky_ex(cov, upper=True, out=(out, torch.empty(0, dtype=torch.int32,
+                                                                                  device=out.device)))
     if int(info.max()) > 0:
         raise _not_positive_definite(epsilon)
     return U
+
+
+class _Scratch:
+    """Float64 chunk buffers, one set per worker thread, reused by the chunks of one call.
+
+    A chunk's d x d float64 matrices (4 MB on a CPU) are above glibc's mmap
+    threshold: allocated afresh for every chunk, each costs page faults to
+    map and zero, and its unmapping a TLB flush on every core, which halved
+    the gain of a second worker thread at the end of a fit. The buffers are
+    dropped with this object, at the end of the call.
+    """
+
+    def __init__(self, d, device):
+        self.d, self.device = d, device
+        self._local = threading.local()
+
+    def get(self, name, rows):
+        bufs = self._local.__dict__.setdefault("bufs", {})
+        buf = bufs.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = bufs[name] = torch.empty(rows, self.d, self.d, dtype=torch.float64, device=self.device)
+        return buf[:rows]
 
 
 class GaussianStats:
@@ -206,11 +234,17 @@ class GaussianStats:
         # concurrently by the workers cost several times more.
         out = torch.zeros(P, d, d, dtype=dtype, device=self.outer.device)
         openblas = lapack.enabled(self.outer.device)
+        scratch = _Scratch(d, self.outer.device)
 
         def invert(a, b):
-            cov = _covariance(self.outer[a:b].double(), self.total[a:b], self.n, epsilon, covariance)
-            U = _cholesky_upper(cov, epsilon, openblas)
-            out[a:b] = lapack.cholesky_inverse_(U) if openblas else torch.cholesky_inverse(U, upper=True)
+            cov = scratch.get("cov", b - a).copy_(self.outer[a:b])
+            cov = _covariance(cov, self.total[a:b], self.n, epsilon, covariance)
+            work = scratch.get("work", b - a)
+            if openblas:
+                out[a:b] = lapack.cholesky_inverse_(_cholesky_upper(cov, epsilon, True), work)
+            else:
+                U = _cholesky_upper(cov, epsilon, out=work)
+                out[a:b] = torch.cholesky_inverse(U, upper=True, out=cov)
 
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
@@ -238,15 +272,17 @@ class GaussianStats:
         steps = offsets(radius)
         outs = [torch.empty(P, B, dtype=torch.float64, device=emb.device) for _ in steps]
         openblas = lapack.enabled(emb.device)
+        scratch = _Scratch(d, emb.device)
 
         def score(a, b):
             shift = self.shift[a:b, :, None].double()
             y = emb[a:b].double() - shift  # x - c
-            outer, total = self.outer[a:b].double(), self.total[a:b]
+            outer, total = scratch.get("cov", b - a).copy_(self.outer[a:b]), self.total[a:b]
             if held_out:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
-            U = _cholesky_upper(_covariance(outer, total, n, epsilon, covariance), epsilon, openblas)
+            cov = _covariance(outer, total, n, epsilon, covariance)
+            U = _cholesky_upper(cov, epsilon, openblas, out=None if openblas else scratch.get("factor", b - a))
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
                     y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift

@@ -114,9 +114,9 @@ def cholesky_upper_(cov):
     return bad
 
 
-def cholesky_inverse_(U):
+def cholesky_inverse_(U, work=None):
     """Overwrite each factor of :func:`cholesky_upper_` with the full, symmetric inverse
-    ``(U^T U)^-1`` of its matrix."""
+    ``(U^T U)^-1`` of its matrix (``work``: a tensor like ``U`` to mirror through)."""
     dpotri = _routines()[1]
     n = ctypes.c_int(U.shape[-1])
     info = ctypes.c_int(0)
@@ -124,8 +124,8 @@ def cholesky_inverse_(U):
         dpotri(b"L", ctypes.byref(n), m.data_ptr(), ctypes.byref(n), ctypes.byref(info))
         if _check(info, "dpotri"):
             raise ValueError("singular Cholesky factor")
-    upper = U.triu()
-    return U.copy_(upper + upper.triu(1).mT)
+    lower = (torch.empty_like(U) if work is None else work).copy_(U.mT).tril_(-1)
+    return U.triu_().add_(lower)
 
 
 def solve_upper_transposed(U, Y):
