@@ -146,7 +146,8 @@ def test_info_text_and_json(work, capsys):
     assert info["calibration_flagged"] == pytest.approx(model.flagged_fraction())
     by_c = info["thresholds_by_contamination"]
     assert list(by_c) == ["0.01", "0.02", "0.05", "0.1", "0.2"]
-    assert by_c["0.05"] == pytest.approx(-model.offset_for(0.05))
+    with pytest.warns(UserWarning, match="asks to flag fewer"):  # 2 held-out images resolve 1 in 3
+        assert by_c["0.05"] == pytest.approx(-model.offset_for(0.05))
     assert all(a >= b for a, b in zip(list(by_c.values()), list(by_c.values())[1:]))  # more flagged, lower
     status, text, _ = cli(capsys, "info", root / "model.skpadim")
     assert status == 0
