@@ -11,7 +11,7 @@ so that the benchmark and the parity test wire anomalib the same way:
 * :func:`fit` and :func:`predict`: what anomalib's Lightning module does
   (``model(batch)`` in training mode for every batch, then ``model.fit()``;
   ``model(batch)`` in eval mode for the maps and scores), without the
-  Lightning engine, data loaders and post-processing;
+  Lightning engine, data loaders and post-processing, on the CPU or a GPU;
 * :func:`image_batches`: the tensors PadimDetector makes of the same images
   (uint8 / 255 or floats as they are, grayscale to three equal channels,
   then ``(x - mean) / std``).
@@ -83,27 +83,30 @@ def padim_model(layers, feature_index, *, resnet18_state=None, module=None):
     return model
 
 
-def fit(model, batches):
-    """Fit anomalib's model on an iterable of normalized batches."""
-    model.train()
+def fit(model, batches, device="cpu"):
+    """Fit anomalib's model on an iterable of normalized batches, on ``device``."""
+    model.to(device).train()
     for x in batches:
-        model(x)
+        model(x.to(device))
     model.fit()
     model.eval()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)  # the statistics are computed asynchronously
     return model
 
 
-def predict(model, batches, n_images, size):
+def predict(model, batches, n_images, size, device="cpu"):
     """Anomaly maps (n_images, *size) float32 and image scores (n_images,) float64."""
     maps = np.empty((n_images, *size), np.float32)
     scores = np.empty(n_images, np.float64)
     i = 0
+    model.to(device)
     with torch.no_grad():
         for x in batches:
-            res = model(x)
+            res = model(x.to(device))
             b = len(x)
-            maps[i : i + b] = res.anomaly_map[:, 0].numpy()
-            scores[i : i + b] = res.pred_score.double().reshape(-1).numpy()
+            maps[i : i + b] = res.anomaly_map[:, 0].float().cpu().numpy()
+            scores[i : i + b] = res.pred_score.double().reshape(-1).cpu().numpy()
             i += b
     if i != n_images:
         raise ValueError(f"predict got {i} images, expected n_images={n_images}.")

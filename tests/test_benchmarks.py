@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -116,6 +117,25 @@ def test_calibration_shortcut_quick_mode(tmp_path):
     for row in rows:
         assert all(0 <= float(c) <= 1 for c in row[1:4]), row
     assert float(rows[1][-1]) < 0 < float(rows[2][-1])  # a larger ridge lowers the distances
+
+
+def test_gpu_check_cpu_twin(tmp_path):
+    """The GPU check's own code path, on the CPU: the device run equals the CPU reference
+    exactly, and anomalib's maps match skpadim's as in the parity test."""
+    data = run_quick("gpu_check.py", tmp_path, "--device", "cpu")
+    assert set(data["tables"]) == {"speed", "metrics", "parity"}
+    speed = {row[0]: row for row in data["tables"]["speed"]["rows"]}
+    assert set(speed) == {"skpadim on cpu", "anomalib on cpu", "skpadim on cpu, backbone_dtype=bfloat16",
+                          "skpadim on cpu (reference)"}
+    for row in speed.values():
+        assert all(positive(float(c.rstrip("x"))) for c in row[1:] if c != "-"), row
+    parity = {row[0]: [float(c) for c in row[1:]] for row in data["tables"]["parity"]["rows"]}
+    assert parity["skpadim: cpu against cpu (reference)"] == [0.0, 0.0, 0.0]
+    assert max(parity["cpu: skpadim against anomalib"][1:]) < 2e-3  # anomalib's extra 1e-5 I
+    assert 0 < parity["cpu: backbone_dtype=bfloat16 against float32"][1] < 0.1
+    metrics = {row[0]: [float(c) for c in row[1:]] for row in data["tables"]["metrics"]["rows"]}
+    assert metrics["skpadim on cpu"] == metrics["skpadim on cpu (reference)"]
+    assert np.allclose(metrics["skpadim on cpu"], metrics["anomalib on cpu"], atol=2e-3)
 
 @pytest.mark.parametrize(
     "script, expected",
