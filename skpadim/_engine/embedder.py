@@ -181,5 +181,3 @@ class Embedder:
         finally:
             if bar is not None:
                 bar.close()
-
-

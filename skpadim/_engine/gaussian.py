@@ -93,20 +93,18 @@ def _not_positive_definite(epsilon):
     )
 
 
-def _cholesky_upper(cov, epsilon, openblas=False, out=None):
-    """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only
-    (``openblas``: in place, through :mod:`.lapack`; the lower triangle is then left as it
-    was, and only the upper one is meaningful; otherwise into ``out`` when given)."""
+def _cholesky_upper(cov, epsilon, openblas, work):
+    """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only:
+    through :mod:`.lapack` in place (``openblas``; the lower triangle is then left as it
+    was, and only the upper one is meaningful), else through torch into ``work``."""
     if openblas:
-        if lapack.cholesky_upper_(cov):
-            raise _not_positive_definite(epsilon)
-        return cov
-    if out is None:
-        U, info = torch.linalg.cholesky_ex(cov, upper=True)
+        bad = lapack.cholesky_upper_(cov) > 0
+        U = cov
     else:
-        U, info = torch.linalg.cholesky_ex(cov, upper=True, out=(out, torch.empty(0, dtype=torch.int32,
-                                                                                  device=out.device)))
-    if int(info.max()) > 0:
+        info = torch.empty(0, dtype=torch.int32, device=work.device)
+        U, info = torch.linalg.cholesky_ex(cov, upper=True, out=(work, info))
+        bad = int(info.max()) > 0
+    if bad:
         raise _not_positive_definite(epsilon)
     return U
 
@@ -241,10 +239,10 @@ class GaussianStats:
             cov = scratch.get("cov", b - a).copy_(self.outer[a:b])
             cov = _covariance(cov, self.total[a:b], self.n, epsilon, covariance)
             work = scratch.get("work", b - a)
+            U = _cholesky_upper(cov, epsilon, openblas, work)
             if openblas:
-                out[a:b] = lapack.cholesky_inverse_(_cholesky_upper(cov, epsilon, True), work)
+                out[a:b] = lapack.cholesky_inverse_(U, work)
             else:
-                U = _cholesky_upper(cov, epsilon, out=work)
                 out[a:b] = torch.cholesky_inverse(U, upper=True, out=cov)
 
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
@@ -283,7 +281,7 @@ class GaussianStats:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
             cov = _covariance(outer, total, n, epsilon, covariance)
-            U = _cholesky_upper(cov, epsilon, openblas, out=None if openblas else scratch.get("factor", b - a))
+            U = _cholesky_upper(cov, epsilon, openblas, scratch.get("work", b - a))
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
                     y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift

@@ -114,9 +114,10 @@ def cholesky_upper_(cov):
     return bad
 
 
-def cholesky_inverse_(U, work=None):
+def cholesky_inverse_(U, work):
     """Overwrite each factor of :func:`cholesky_upper_` with the full, symmetric inverse
-    ``(U^T U)^-1`` of its matrix (``work``: a tensor like ``U`` to mirror through)."""
+    ``(U^T U)^-1`` of its matrix (``work``: a tensor like ``U``, overwritten, to mirror
+    the triangle through)."""
     dpotri = _routines()[1]
     n = ctypes.c_int(U.shape[-1])
     info = ctypes.c_int(0)
@@ -124,7 +125,7 @@ def cholesky_inverse_(U, work=None):
         dpotri(b"L", ctypes.byref(n), m.data_ptr(), ctypes.byref(n), ctypes.byref(info))
         if _check(info, "dpotri"):
             raise ValueError("singular Cholesky factor")
-    lower = (torch.empty_like(U) if work is None else work).copy_(U.mT).tril_(-1)
+    lower = work.copy_(U.mT).tril_(-1)
     return U.triu_().add_(lower)
 
 
