@@ -39,10 +39,10 @@ from skpadim.datasets import make_anomaly_images
 
 import anomalib_adapter
 from _common import Report, environment, machine_header, median
-from compare_anomalib import metrics, parity
+from compare_anomalib import BACKBONES, detector_params, metrics, parity
 
-PARAMS = dict(backbone="resnet18", weights=None, layers=["layer1", "layer2", "layer3"], n_features=100,
-              random_state=0, batch_size=32)
+#: The detector and anomalib wiring of compare_anomalib.py's resnet18 runs.
+CONFIG = BACKBONES["resnet18-random"]
 
 
 def _data(n_train, n_test, size):
@@ -54,7 +54,7 @@ def _data(n_train, n_test, size):
 
 def _skpadim(X, X_test, size, device, dtype="float32"):
     """(fit s, predict s, maps, scores, detector)."""
-    det = PadimDetector(**PARAMS, image_size=size, device=device, backbone_dtype=dtype)
+    det = PadimDetector(**{**detector_params(CONFIG, (size, size)), "device": device, "backbone_dtype": dtype})
     t = time.perf_counter()
     det.fit(X)
     fit_s = time.perf_counter() - t
@@ -66,14 +66,14 @@ def _skpadim(X, X_test, size, device, dtype="float32"):
 
 def _anomalib(X, X_test, size, device, reference):
     """The same as :func:`_skpadim` for anomalib's model, with ``reference``'s weights and channels."""
-    model = anomalib_adapter.padim_model(PARAMS["layers"], reference.feature_index_,
+    model = anomalib_adapter.padim_model(CONFIG["layers"], reference.feature_index_,
                                          resnet18_state=reference.backbone_.state_dict())
+    batches = lambda images: anomalib_adapter.image_batches(images, CONFIG["normalize"])  # noqa: E731
     t = time.perf_counter()
-    anomalib_adapter.fit(model, anomalib_adapter.image_batches(X, "imagenet"), device)
+    anomalib_adapter.fit(model, batches(X), device)
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
-    maps, scores = anomalib_adapter.predict(model, anomalib_adapter.image_batches(X_test, "imagenet"),
-                                            len(X_test), (size, size), device)
+    maps, scores = anomalib_adapter.predict(model, batches(X_test), len(X_test), (size, size), device)
     return fit_s, time.perf_counter() - t, maps, scores, None
 
 

@@ -151,8 +151,7 @@ def run_backbone(name, n_features, X, args, repeats):
     extractor = create_feature_extractor(full, return_nodes=list(det.layers_)).eval()
     nhwc = create_feature_extractor(copy.deepcopy(full), return_nodes=list(det.layers_)).eval()
     nhwc = nhwc.to(memory_format=torch.channels_last)
-    folded = create_feature_extractor(fold_batchnorm(full, keep=det.layers_)[0], return_nodes=list(det.layers_))
-    folded = folded.eval().to(memory_format=torch.channels_last)
+    folded = as_fit_runs_it(full, list(det.layers_))
     first = {}  # seconds of the first calls of the graph variants (tracing, compiling)
     bare = {
         "backbone": lambda: bare_backbone(extractor, X, args.batch_size),
@@ -197,14 +196,18 @@ def run_backbone(name, n_features, X, args, repeats):
     return runs
 
 
+def as_fit_runs_it(model, layers):
+    """An extractor of ``layers`` built as the detector runs the backbone on a CPU: a copy
+    with its batch normalizations folded, in the channels_last memory format."""
+    folded = create_feature_extractor(fold_batchnorm(model, keep=layers)[0], return_nodes=layers)
+    return folded.eval().to(memory_format=torch.channels_last)
+
+
 def batch_sweep(report, name, n_features, X, args):
     """For each of ``args.batch_sweep`` batch sizes, interleaved round by round: the
     backbone as the detector runs it on a CPU (channels_last, folded batch norm), and
     ``PadimDetector(batch_size=B)``'s fit and score_samples on the same images."""
-    full = torchvision.models.get_model(name, weights=None)
-    layers = ["layer1", "layer2", "layer3"]
-    ext = create_feature_extractor(fold_batchnorm(full, keep=layers)[0], return_nodes=layers)
-    ext = ext.eval().to(memory_format=torch.channels_last)
+    ext = as_fit_runs_it(torchvision.models.get_model(name, weights=None), ["layer1", "layer2", "layer3"])
     sizes = args.batch_sweep
     dets = {b: PadimDetector(backbone=name, weights=None, n_features=n_features, image_size=args.image_size,
                              batch_size=b, device="cpu", random_state=0) for b in sizes}

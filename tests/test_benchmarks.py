@@ -46,9 +46,8 @@ def test_speed_quick_mode_times_every_stage(tmp_path):
     assert set(data["tables"]) == {"resnet18/variants", "resnet18/fit stages", "resnet18/score_samples stages"}
     variants = [row[0] for row in data["tables"]["resnet18/variants"]["rows"]]
     assert variants == ["backbone (float32, NCHW: the baseline)", "backbone, profiled",
-                        "backbone, channels_last",
-                        "backbone, channels_last + folded batch norm (as fit runs it)", "fit, end to end", "fit, streaming loop only",
-                        "score_samples"]
+                        "backbone, channels_last", "backbone, channels_last + folded batch norm (as fit runs it)",
+                        "fit, end to end", "fit, streaming loop only", "score_samples"]
     stages = [row[0] for row in data["tables"]["resnet18/fit stages"]["rows"]]
     assert "end: calibration (held-out Cholesky + maps)" in stages and stages[-1] == "total (measured)"
     result = data["results"]["resnet18"]
@@ -105,7 +104,6 @@ def test_precision_kernels_quick_mode(tmp_path):
             assert all(positive(x) for x in numbers), row
 
 
-
 def test_calibration_shortcut_quick_mode(tmp_path):
     data = run_quick("calibration_shortcut.py", tmp_path)
     assert set(data["tables"]) == {"speed", "calibration"}
@@ -136,6 +134,7 @@ def test_gpu_check_cpu_twin(tmp_path):
     metrics = {row[0]: [float(c) for c in row[1:]] for row in data["tables"]["metrics"]["rows"]}
     assert metrics["skpadim on cpu"] == metrics["skpadim on cpu (reference)"]
     assert np.allclose(metrics["skpadim on cpu"], metrics["anomalib on cpu"], atol=2e-3)
+
 
 @pytest.mark.parametrize(
     "script, expected",

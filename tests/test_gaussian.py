@@ -87,7 +87,6 @@ def test_distances_with_removed_images():
         _stats([removed]).distances_of(removed, 0.01, held_out=True)
 
 
-
 def _held_out_reference(x, k, eps, radius=0, grid=None):
     """Slow and plain: the Gaussians of images k: (numpy covariance + eps I, explicit
     inverse) scoring images :k, each patch's smallest distance over the window."""
@@ -122,6 +121,7 @@ def test_held_out_distances_match_a_plain_reference(monkeypatch, openblas, radiu
     _force_openblas(monkeypatch, openblas)
     dist = s.distances_of(x[..., :k].clone(), 0.01, held_out=True, radius=radius, grid=grid)
     np.testing.assert_allclose(dist.numpy(), _held_out_reference(x, k, 0.01, radius, grid), rtol=2e-5)
+
 
 def test_single_sample_is_isotropic():
     x = _data(1)
