@@ -117,7 +117,7 @@ def part_calibration(n_train, n_fresh, size, seeds):
         det = PadimDetector(weights=None, image_size=size, random_state=seed).fit(X)
         fresh = det.score_samples(fresh_images)
         state = det._state
-        emb = state.embedder.embed_kept(state.sample.held_out(state.n)[0])
+        emb = state.layout.embed_kept(state.sample.held_out(state.n)[0])
         exact = None
         for name in DEFINITIONS:
             with torch.inference_mode():

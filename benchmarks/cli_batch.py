@@ -76,7 +76,7 @@ def main():
         args.n, args.file_size, args.image_size, args.repeats, args.batch_size = 8, 64, 64, 1, 4
 
     from skpadim import PadimDetector
-    from skpadim.cli._batch import check_files, score_images
+    from skpadim._batch import check_files, score_images
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, source = _files(args, tmp)

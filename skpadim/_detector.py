@@ -2,7 +2,6 @@
 
 import inspect
 import numbers
-from types import SimpleNamespace
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -146,6 +145,16 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ``decision_function = score_samples - offset_``; may be set.
     device_ : torch.device
         Where the computation runs.
+    fitted_params_ : dict
+        The parameters as the fit fixed them, resolved: ``image_size`` (the
+        training images' own with ``image_size=None``), ``normalize``,
+        ``tiles`` (``size``, ``stride``, ``sharing``; None without),
+        ``layers``, ``layer_shapes``, ``n_features``, ``neighbourhood``,
+        ``backbone_dtype``, ``epsilon``, ``sigma``, ``image_score``,
+        ``shift_tolerance``, ``covariance``, ``contamination`` and more;
+        JSON-representable, a new dict at each read. What the command line,
+        export and the cluster read of a fitted detector: ``set_params``
+        after the fit changes the parameters, not these.
 
     Notes
     -----
@@ -249,7 +258,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     n_samples_seen_ = _fitted(lambda s: s.n)
     n_channels_in_ = _fitted(lambda s: s.spec["n_channels"])
     calibration_scores_ = _fitted(lambda s: s.calibration.copy())
-    device_ = _fitted(lambda s: s.embedder.device)
+    device_ = _fitted(lambda s: s.device)
+    fitted_params_ = _fitted(lambda s: s.fitted_params())
 
     @property
     def offset_(self):
@@ -312,14 +322,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         return self.fit(X, y).predict(X)
 
     def _fit(self, X, y, reset):
-        with fitting.one_call_at_a_time(self):
-            # One snapshot of the parameters: a set_params from another thread
-            # during the call does not change it half-way. Invalid: nothing changes.
-            params = SimpleNamespace(**_params.validated(self))
-            if reset:
-                self.__dict__.pop("_state", None)
-            self._state = fitting.fit_call(self.__dict__.get("_state"), params, X, y)
-        return self
+        return fitting.fit(self, X, y, reset=reset)
 
     def anomaly_map(self, X, *, return_scores=False):
         """Per-pixel anomaly maps (higher = more anomalous), at each image's own size.

@@ -293,12 +293,26 @@ class ImageSet:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-    def batches(self, batch_size, size, device):
-        """Yield ``(images, sizes)``: a float32 tensor (B, 3, h, w) in [0, 1]
-        resized to ``size`` on ``device``, and the original (H, W) of each."""
-        from ._engine.images import tensor_batches
+    def host_batches(self, batch_size):
+        """Yield ``(images, sizes)`` for batches of at most ``batch_size`` images, in order.
 
-        return tensor_batches(self, batch_size, size, device)
+        ``images`` is a (B, H, W, C) array (an array ``X``: a view of its
+        slice, grayscale with a channel axis of 1) or a list of (H, W, C)
+        arrays (a list ``X``, files decoded by :meth:`arrays`); ``sizes``
+        holds each image's (H, W). The estimator turns these into tensors
+        and the deployment runtime into float arrays, so both see the very
+        same pixels in the same batches.
+        """
+        if self._array is not None:
+            array = self._array if self._array.ndim == 4 else self._array[..., None]
+            for start in range(0, len(array), batch_size):
+                chunk = array[start : start + batch_size]
+                yield chunk, [tuple(chunk.shape[1:3])] * len(chunk)
+            return
+        for imgs in self.arrays(batch_size):
+            imgs = [im if im.ndim == 3 else im[..., None] for im in imgs]
+            yield imgs, [tuple(im.shape[:2]) for im in imgs]
+
 
 def check_images(X, *, name="X"):
     """Validate ``X`` and return an :class:`ImageSet`.

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 def preprocessed(det, X):
     """The detector's own preprocessing (resize + normalization), float64 numpy."""
-    from skpadim._engine.images import check_images
+    from skpadim._engine.images import check_images, tensor_batches
 
     from skpadim._engine.params import image_size_pair, normalization
 
@@ -23,7 +23,7 @@ def preprocessed(det, X):
     mean = torch.tensor(norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(norm[1]).view(1, 3, 1, 1)
     size = image_size_pair(det.image_size)
-    return torch.cat([(x - mean) / std for x, _ in images.batches(7, size, "cpu")])
+    return torch.cat([(x - mean) / std for x, _ in tensor_batches(images, 7, size, "cpu")])
 
 
 def window_mean(f, k):

@@ -60,11 +60,11 @@ def test_image_score_sets_the_calibration_scores_too(data):
     # The same held-out images, scored the same way as score_samples scores new ones.
     state = det._state
     items = state.sample.held_out(state.n)[0]
-    emb = state.embedder.patches.embed_kept(items)
+    emb = state.layout.patches.embed_kept(items)
     dist = state.stats.distances_of(emb, state.epsilon, held_out=True).T.float().reshape(-1, *state.grid)
     from skpadim._engine.maps import anomaly_maps
 
-    maps = anomaly_maps(dist, state.embedder.image_size, state.sigma).numpy()
+    maps = anomaly_maps(dist, state.layout.image_size, state.sigma).numpy()
     np.testing.assert_allclose(-det.calibration_scores_, top_mean_reference(maps, 0.05), rtol=1e-5)
     assert np.all(det.calibration_scores_ > base.calibration_scores_)  # a mean is below the maximum
     assert det.offset_ != base.offset_

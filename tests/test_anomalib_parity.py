@@ -92,7 +92,7 @@ def test_same_features_and_embedding(adapter, data, ours, theirs):
     for name, f in zip(ours.layers_, taps):
         torch.testing.assert_close(feats[name], f, rtol=1e-6, atol=1e-6)
     h, w = ours.feature_map_shape_
-    mine = ours._state.embedder.patches(taps).reshape(h, w, -1, len(x)).permute(3, 2, 0, 1)
+    mine = ours._state.layout.patches(taps).reshape(h, w, -1, len(x)).permute(3, 2, 0, 1)
     torch.testing.assert_close(emb, mine, rtol=1e-6, atol=1e-6)
     assert torch.equal(model.idx, torch.as_tensor(ours.feature_index_))
 

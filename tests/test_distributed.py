@@ -159,14 +159,8 @@ def test_bad_input(inproc, paths, local, tmp_path):
         skd.score_samples(local, paths, client=inproc, partition_size=0)
     with pytest.raises(ValueError, match="'n_features' parameter of PadimDetector"):
         skd.fit(PadimDetector(**dict(PARAMS, n_features=0)), paths, client=inproc)
-    with pytest.raises(ValueError, match=r"does not support tile_size=16 yet"):
-        skd.fit(PadimDetector(**dict(PARAMS, tile_size=16)), paths, client=inproc)
-    with pytest.raises(ValueError, match=r"does not support covariance='oas' yet"):
-        skd.fit(PadimDetector(**dict(PARAMS, covariance="oas")), paths, client=inproc)
-    with pytest.raises(ValueError, match=r"does not support shift_tolerance=1 yet"):
-        skd.fit(PadimDetector(**dict(PARAMS, shift_tolerance=1)), paths, client=inproc)
-    with pytest.raises(ValueError, match=r"does not support image_size=None yet"):
-        skd.fit(PadimDetector(**dict(PARAMS, image_size=None)), paths, client=inproc)
+    with pytest.raises(ValueError, match=r"shift_tolerance=1 is not supported with tile_size=16"):
+        skd.fit(PadimDetector(**dict(PARAMS, tile_size=16, shift_tolerance=1)), paths, client=inproc)
     with pytest.raises(ValueError, match="No Dask client"):
         skd.fit(PadimDetector(**PARAMS), paths)
     for address in ("tcp://127.0.0.1:1", "foo://bar"):

@@ -238,7 +238,7 @@ def _need(det_or_none=None):
     from skpadim._engine.memory import fit_call_bytes
 
     det = det_or_none or PadimDetector(**SMALL).fit(A[:2])
-    return fit_call_bytes(*det.mean_.shape, det._state.embedder.kept_item_bytes())
+    return fit_call_bytes(*det.mean_.shape, det._state.layout.kept_item_bytes())
 
 
 def test_memory_check_compares_with_available_memory(monkeypatch):

@@ -15,6 +15,7 @@ import torch
 from skpadim import PadimDetector
 from skpadim._engine import fitting
 from skpadim._engine.calibration import CAPACITY, CalibrationSample
+from skpadim._engine.finish import FitOptions, finish
 from skpadim._engine.images import check_images
 from skpadim._engine.state import FittedState
 
@@ -112,6 +113,11 @@ def _params():
     return SimpleNamespace(**PadimDetector(**P).get_params())
 
 
+def _finished(state, params):
+    """``state``'s images through the one end of fit."""
+    return finish(state, state.stats, state.sample, state.rng, FitOptions.of(params))
+
+
 def _partition(empty, images, rng):
     start = empty.replaced(None, CalibrationSample(), rng)
     return fitting.extend(start, check_images(images), _params())
@@ -124,7 +130,7 @@ def test_merged_partitions_equal_one_fit():
     empty = fitting.start(params, images)
     a = _partition(empty, X[:70], np.random.default_rng(1))
     b = _partition(empty, X[70:], np.random.default_rng(2))
-    merged = a.merged(b).finalize(params.epsilon, params.sigma, params.contamination)
+    merged = _finished(a.merged(b), params)
     whole = fitting.extend(empty, images, params)
     assert merged.n == len(X) and a.n == 70 and b.n == 70  # the inputs are left as they were
     np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-6, atol=1e-6)
@@ -144,7 +150,7 @@ def test_merging_with_continued_keys_equals_one_stream():
     empty = fitting.start(params, images)
     a = fitting.extend(empty, check_images(X[:70]), params)
     b = _partition(empty, X[70:], copy.deepcopy(a.rng))
-    merged = a.merged(b).finalize(params.epsilon, params.sigma, params.contamination)
+    merged = _finished(a.merged(b), params)
     whole = fitting.extend(empty, images, params)
     _assert_same_sample(merged.sample, whole.sample)
     np.testing.assert_allclose(merged.calibration, whole.calibration, rtol=1e-4)
@@ -164,7 +170,7 @@ def test_partitions_with_keys_drawn_in_advance_equal_one_stream():
         stats, sample = fitting.accumulate(empty, check_images(X[a:b]), params, lambda B: next(given))
         parts.append(empty.replaced(stats, sample, rng))
     merged = parts[0].merged(parts[1]).merged(parts[2])
-    merged = merged.finalize(params.epsilon, params.sigma, params.contamination)
+    merged = _finished(merged, params)
     whole = fitting.extend(empty, images, params)
     _assert_same_sample(merged.sample, whole.sample)
     assert merged.rng.bit_generator.state == whole.rng.bit_generator.state

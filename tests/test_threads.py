@@ -130,10 +130,10 @@ def test_predictions_during_a_refit_fail_rather_than_mix(det, monkeypatch):
     entered, release = threading.Event(), threading.Event()
     start = fitting.start
 
-    def held_start(params, images):
+    def held_start(params, images, *args):
         entered.set()
         release.wait(60)
-        return start(params, images)
+        return start(params, images, *args)
 
     monkeypatch.setattr(fitting, "start", held_start)
     fitter = threading.Thread(target=mine.fit, args=(textured(6, seed=63),))

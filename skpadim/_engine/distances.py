@@ -2,17 +2,16 @@
 
 With a ``shift_tolerance`` of r grid steps, a patch's distance is the
 smallest of its distances to the Gaussians of the (2r + 1)^2 positions
-around its own (those inside the grid): a part that sits a little off its
-registered place is compared with the statistics of where it landed
-(:func:`mahalanobis_min`).
+around its own (those inside the grid; :mod:`.shifts`): a part that sits a
+little off its registered place is compared with the statistics of where it
+landed (:func:`mahalanobis_min`).
 """
-
-import math
 
 import torch
 
 from .gaussian import gemm_chunk
 from .parallel import for_chunks
+from .shifts import offsets, sources, to_patches
 
 
 def mahalanobis(emb, mean, precision):
@@ -30,35 +29,6 @@ def mahalanobis(emb, mean, precision):
 
     for_chunks(P, gemm_chunk(d, emb.device), emb.device, part)
     return d2.clamp_(min=0).sqrt_().T
-
-
-def offsets(radius):
-    """The (dy, dx) grid steps of a (2r + 1)^2 window, (0, 0) first."""
-    steps = [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
-    return sorted(steps, key=lambda s: s != (0, 0))
-
-
-def sources(a, b, grid, step, device):
-    """For the Gaussians at positions ``a:b``: the position whose patch each one scores
-    under ``step`` (the patch at ``q - step`` meets the Gaussian at ``q``), and whether
-    that position is inside the grid."""
-    H, W = grid
-    q = torch.arange(a, b, device=device)
-    y, x = q // W - step[0], q % W - step[1]
-    inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
-    return (y.clamp(0, H - 1) * W + x.clamp(0, W - 1)), inside
-
-
-def to_patches(per_gaussian, grid, steps):
-    """Smallest value per patch (P, B) from ``per_gaussian[k]`` (P, B): the value of the
-    Gaussian at ``q`` for the patch at ``q - steps[k]`` (inf where that is outside)."""
-    P = per_gaussian[0].shape[0]
-    out = torch.full_like(per_gaussian[0], math.inf)
-    for step, vals in zip(steps, per_gaussian):
-        src, inside = sources(0, P, grid, step, vals.device)
-        ours = src[inside]  # distinct positions: a plain gather-min-scatter
-        out[ours] = torch.minimum(out[ours], vals[inside])
-    return out
 
 
 def mahalanobis_min(emb, mean, precision, grid, radius):

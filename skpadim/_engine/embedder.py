@@ -10,12 +10,11 @@ module the detector exposes (``backbone_``) and saves is never changed.
 import torch
 
 from . import dtypes as _dtypes
-from .embedding import PatchEmbedding
 from .fold import fold_batchnorm
-from .maps import anomaly_maps
+from .images import tensor_batches
 from .progress import progress_bar, stage
 from .taps import LayerTaps
-from .tiles import Tiling, check_native
+from .tiles import check_native
 
 #: Device types whose backbone runs in the channels_last memory format (NHWC):
 #: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
@@ -31,7 +30,8 @@ FOLD_BATCHNORM = True
 
 
 class Embedder:
-    """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels.
+    """Images -> (P, d, B) patch embeddings: preprocessing, backbone taps, kept channels
+    (placed on the patch grid and cut into tiles as ``layout``, a :class:`~.layout.Layout`, says).
 
     The forward pass runs a copy of ``model`` with its batch normalizations
     folded (while :data:`FOLD_BATCHNORM`), its weights and inputs in the
@@ -44,16 +44,11 @@ class Embedder:
     predictions running in other threads are not disturbed.
     """
 
-    def __init__(self, model, spec, feature_index, device, taps=None):
+    def __init__(self, model, spec, layout, device, taps=None):
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = device
         self.taps = taps if taps is not None else LayerTaps(self.model, spec["layers"])
-        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device,
-                                      spec.get("neighbourhood", 1))
-        self.image_size = tuple(spec["image_size"])
-        # Tiles (None: whole images); native: images must have image_size, never resized.
-        self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
-        self.native = spec["params"].get("image_size", True) is None
+        self.layout = layout
         norm = spec["normalize"]
         self._norm = None if norm is None else tuple(
             torch.tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in norm
@@ -109,45 +104,6 @@ class Embedder:
             self._runner = (self.taps, torch.contiguous_format)
         return self._run(self._runner, x)
 
-    @property
-    def n_tiles(self):
-        return 1 if self.tiling is None else self.tiling.n_tiles
-
-    @property
-    def n_positions(self):
-        """Positions of the Gaussians: patch positions, times the tile locations with
-        ``tile_sharing="position"``."""
-        P = self.patches.n_positions
-        return P if self.tiling is None else P * self.n_tiles // self.tiling.samples_per_image
-
-    @property
-    def samples_per_image(self):
-        return 1 if self.tiling is None else self.tiling.samples_per_image
-
-    def kept_item_bytes(self):
-        """Bytes of one image in the calibration sample (every tile's kept channels)."""
-        return 4 * self.n_tiles * sum(n * h * w for n, h, w in self.patches.kept_shapes)
-
-    def take(self, feats, j):
-        """Image ``j``'s kept channels, for the calibration sample: one tensor per layer,
-        (n, h, w), or (n_tiles, n, h, w) with tiles."""
-        if self.tiling is None:
-            return self.patches.kept_channels(feats, j)
-        return self.tiling.kept_channels(self.patches, feats, j)
-
-    def embed_kept(self, items):
-        """Embeddings of images given by :meth:`take`, in the statistics' layout."""
-        if self.tiling is None:
-            return self.patches.embed_kept(items)
-        return self.tiling.embed_kept(self.patches, items)
-
-    def maps(self, dist, sigma):
-        """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
-        h, w = self.patches.grid
-        if self.tiling is None:
-            return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
-        return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
-
     def batches(self, images, batch_size, *, desc, verbose=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
         calling thread), the images' own sizes and the tapped layers' outputs.
@@ -155,8 +111,9 @@ class Embedder:
         With tiles, ``batch_size`` counts tiles: each batch holds ``batch_size //
         n_tiles`` images (at least one) and all their tiles go through the backbone at once.
         """
-        per_batch = max(1, batch_size // self.n_tiles)
-        batches = images.batches(per_batch, self.image_size, self.device)
+        layout = self.layout
+        per_batch = max(1, batch_size // layout.n_tiles)
+        batches = tensor_batches(images, per_batch, layout.image_size, self.device)
         bar = progress_bar(len(images), desc) if verbose else None
         try:
             while True:
@@ -165,16 +122,16 @@ class Embedder:
                 if batch is None:
                     break
                 x, sizes = batch
-                if self.native:
-                    check_native(sizes, self.image_size)
+                if layout.native:
+                    check_native(sizes, layout.image_size)
                 with stage("backbone"):
-                    if self.tiling is not None:
-                        x = self.tiling.split(x)  # normalization is per pixel: split first
+                    if layout.tiling is not None:
+                        x = layout.tiling.split(x)  # normalization is per pixel: split first
                     feats = self.forward(x)
                 with stage("embedding"):
-                    emb = self.patches(feats)
-                    if self.tiling is not None:
-                        emb = self.tiling.stats_layout(emb)
+                    emb = layout.patches(feats)
+                    if layout.tiling is not None:
+                        emb = layout.tiling.stats_layout(emb)
                 yield emb, sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))

@@ -1,18 +1,23 @@
 """Fitting: the embedding chosen at the first call, then images streamed into new states.
 
-:func:`start` resolves the backbone, its layers and the channel subset, and
-returns an empty :class:`~skpadim._engine.state.FittedState`. :func:`extend`
-is one fit call, a transaction: the new images go into fresh statistics and
-copies of the calibration sample and of the random generator; the current
-statistics are merged into the fresh ones (never the reverse); the result
-is a new state, and the one passed in is left exactly as it was, whether
-the call succeeds, fails or is interrupted.
+:func:`fit` is the one entry of every fit: ``PadimDetector.fit`` and
+``partial_fit`` call it, and so does :func:`skpadim.distributed.fit`, with a
+:class:`Runner` that streams the images on a cluster instead of in this
+process. :func:`start` resolves the backbone, its layers and the channel
+subset, and returns an empty :class:`~skpadim._engine.state.FittedState`.
+:func:`extend` is one fit call, a transaction: the new images go into fresh
+statistics and copies of the calibration sample and of the random
+generator; the current statistics are merged into the fresh ones (never the
+reverse); :func:`~skpadim._engine.finish.finish`, the one end of every fit,
+makes the result a new state, and the one passed in is left exactly as it
+was, whether the call succeeds, fails or is interrupted.
 """
 
 import contextlib
 import copy
 import functools
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ from . import params as _params
 from .dtypes import check_backbone_dtype
 from .backbone import build_backbone, default_layers, default_n_features
 from .embedding import random_feature_index
+from .finish import FitOptions, finish
 from .images import check_images
 from .gaussian import BufferedUpdate
 from .memory import OutOfMemoryHint, check_fit_memory
@@ -54,19 +60,72 @@ def one_call_at_a_time(est):
         lock.release()
 
 
-def fit_call(state, params, X, y):
+class Runner:
+    """How a fit call gets its images' statistics: in this process (this class).
+
+    :mod:`skpadim.distributed` subclasses it to stream the images on the
+    workers of a cluster and to run the end of the fit there by blocks of
+    positions (:func:`~.finish.finish_positions`); everything else of a fit
+    call is the same code.
+    """
+
+    resumes = True  # whether it can add images to a fitted state (partial_fit)
+
+    def images(self, X):
+        """``X`` as an :class:`~skpadim._images.ImageSet` (checked)."""
+        return check_images(X)
+
+    def first_size(self, images):
+        """(H, W) of the first image: ``image_size=None`` keeps it for every image."""
+        item = images._array[0] if images._array is not None else images._item(0)
+        return tuple(int(v) for v in item.shape[:2])
+
+    def statistics(self, state, images, params, draw, options, hint):
+        """``(stats, sample, finished)``: the statistics and calibration sample of
+        ``state``'s images and ``images`` (keys ``draw(B)`` per batch of B images, in
+        input order), and the end of fit per position if it was computed (else None).
+        ``hint`` explains out-of-memory errors."""
+        stats, sample = accumulate(state, images, params, draw, hint=hint)
+        if state.stats is not None:
+            with torch.inference_mode(), hint, hint.at("end"), stage("precision"):
+                stats.combine(state.stats)
+        return stats, sample, None
+
+
+LOCAL = Runner()
+
+
+def fit(est, X, y=None, *, reset, runner=LOCAL):
+    """Fit ``est`` on ``X`` (``reset``: from scratch, else add to its fitted state).
+
+    Takes ``est``'s fit lock, validates its parameters once (a ``set_params``
+    from another thread during the call does not change them half-way), and
+    swaps in the new state when the call succeeds: a failed ``partial_fit``
+    leaves the detector as it was; a failed ``fit`` leaves it unfitted.
+    """
+    with one_call_at_a_time(est):
+        params = SimpleNamespace(**_params.validated(est))  # invalid: nothing changes
+        if reset:
+            est.__dict__.pop("_state", None)  # its memory is free for the new fit
+        elif not runner.resumes and est.__dict__.get("_state") is not None:
+            raise ValueError("This runner fits from scratch only.")
+        est._state = fit_call(est.__dict__.get("_state"), params, X, y, runner)
+    return est
+
+
+def fit_call(state, params, X, y, runner=LOCAL):
     """The new state of one fit call: ``state`` (None: a first call) plus the images of X."""
     check_combination(params)
     if state is not None:
         check_frozen(state, params)
-    images = check_images(X)
+    images = runner.images(X)
     if y is not None:
         images = normal_only(images, y)
     if state is None:
-        state = start(params, images)
+        state = start(params, images, runner.first_size)
     else:
         check_channels(state, images)
-    return extend(state, images, params)
+    return extend(state, images, params, runner)
 
 
 def check_combination(params):
@@ -93,8 +152,9 @@ def normal_only(images, y):
     return images.subset(keep)
 
 
-def start(est, images):
-    """An empty state for ``est``'s parameters (already validated) and first images."""
+def start(est, images, first_size=LOCAL.first_size):
+    """An empty state for ``est``'s parameters (already validated) and first images
+    (``first_size(images)``: the size of the first, for ``image_size=None``)."""
     _params.check_custom_module_layers(est)
     device = _params.resolve_device(est.device)
     check_backbone_dtype(est.backbone_dtype, device)
@@ -143,12 +203,6 @@ def start(est, images):
     return FittedState.empty(spec, index, model, device, sampler, taps)
 
 
-def first_size(images):
-    """(H, W) of the first image: ``image_size=None`` keeps it for every image."""
-    item = images._array[0] if images._array is not None else images._item(0)
-    return tuple(int(v) for v in item.shape[:2])
-
-
 def check_frozen(state, est):
     """Refuse a ``partial_fit`` whose embedding parameters differ from the first call's."""
     old, new = state.spec["params"], _params.embedding_params(est)
@@ -163,20 +217,14 @@ def check_frozen(state, est):
             )
 
 
-def extend(state, images, est):
-    """A new state: ``state`` plus ``images``, finalized with ``est``'s parameters."""
-    hint = OutOfMemoryHint(state.embedder.device, est.batch_size, est.image_size, state.shape[1])
+def extend(state, images, est, runner=LOCAL):
+    """A new state: ``state`` plus ``images``, finished with ``est``'s parameters."""
+    hint = OutOfMemoryHint(state.device, est.batch_size, est.image_size, state.shape[1])
     rng = copy.deepcopy(state.rng)
-    stats, sample = accumulate(state, images, est, rng.random, hint=hint)
+    options = FitOptions.of(est)
+    stats, sample, finished = runner.statistics(state, images, est, rng.random, options, hint)
     with torch.inference_mode(), hint, hint.at("end"):
-        with stage("precision"):
-            if state.stats is not None:
-                stats.combine(state.stats)
-            new = state.replaced(stats, sample, rng)
-            new.fit_gaussians(est.epsilon, covariance=est.covariance)
-        with stage("calibration"):
-            new.calibrate(est.sigma, est.contamination, est.image_score, est.shift_tolerance)
-    return new
+        return finish(state, stats, sample, rng, options, finished)
 
 
 def accumulate(state, images, est, draw, *, hint=None):
@@ -188,16 +236,16 @@ def accumulate(state, images, est, draw, *, hint=None):
     advance from the one generator that a one-process fit would use.
     """
     P, d = state.shape
-    device = state.embedder.device
-    width = update_width(state.embedder, P, d)
-    check_fit_memory(P, d, state.embedder.kept_item_bytes(), stats_device(device),
-                     held_bytes=state.nbytes(), width=width, advice=memory_advice(state.embedder))
+    device = state.device
+    width = update_width(state.layout, P, d)
+    check_fit_memory(P, d, state.layout.kept_item_bytes(), stats_device(device),
+                     held_bytes=state.nbytes(), width=width, advice=memory_advice(state.layout))
     if hint is None:
         hint = OutOfMemoryHint(device, est.batch_size, est.image_size, d)
     stats = state.new_stats()
     sample = state.sample.copy()
     seen = state.n
-    take = state.embedder.take
+    take = state.layout.take
     with torch.inference_mode(), hint:
         updates = BufferedUpdate(stats, width)
         for emb, sizes, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):

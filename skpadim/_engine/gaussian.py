@@ -20,6 +20,7 @@ import torch
 
 from . import lapack
 from .parallel import for_chunks
+from .shifts import offsets, sources, to_patches
 
 # Bytes of float64 matrices per chunk of positions when factorizing: small
 # enough to stay in the caches on a CPU (and for the worker threads' malloc
@@ -248,26 +249,29 @@ class GaussianStats:
         for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
         return out
 
-    def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None, covariance="sample"):
-        """Mahalanobis distances (P, B) of ``emb`` (P, d, B) under these Gaussians.
+    def squared_distances(self, emb, epsilon, *, held_out=False, radius=0, grid=None, first=0,
+                          covariance="sample"):
+        """Squared Mahalanobis distances of the patches of ``emb`` under these Gaussians, one
+        (P, B) float64 tensor per step of the ``radius`` window (see :mod:`.shifts`).
 
-        ``held_out=True``: the B images of ``emb`` are among those these
-        statistics were accumulated from; they are all left out first (a
-        rank-B downdate of the sums, formed a chunk of positions at a time),
-        so each is scored by the Gaussians of the *other* images. Uses a
-        Cholesky factor and a triangular solve (no explicit inverse); meant
-        for small B (calibration images). ``radius > 0`` (with the (h, w)
-        ``grid``): each patch's smallest distance to the Gaussians within
-        ``radius`` grid steps (see :mod:`.distances`); the left-out images are
-        left out of every Gaussian.
+        These statistics are those of positions ``first:first + P`` of a grid of
+        shape ``grid``; ``emb`` (positions, d, B) holds the patches of the whole
+        grid when ``radius > 0`` (the neighbours a Gaussian meets), else of these
+        positions only (indexed from ``first`` as well, when it covers the grid).
+        The k-th tensor holds, for the Gaussian at ``q``, the distance of the patch
+        at ``q - steps[k]``. ``held_out=True``: the B images of ``emb`` are among
+        those these statistics were accumulated from; they are all left out first
+        (a rank-B downdate of the sums, formed a chunk of positions at a time), so
+        each is scored by the Gaussians of the *other* images. Uses a Cholesky
+        factor and a triangular solve (no explicit inverse); meant for small B
+        (calibration images).
         """
-        from .distances import offsets, sources, to_patches
-
         P, d = self.shape
         B = emb.shape[-1]
         n = self.n - B if held_out else self.n
         if n < 1:
             raise ValueError(f"Cannot leave out {B} of {self.n} images.")
+        base = first if (radius or len(emb) != P) else 0  # where emb's rows of these Gaussians start
         steps = offsets(radius)
         outs = [torch.empty(P, B, dtype=torch.float64, device=emb.device) for _ in steps]
         openblas = lapack.enabled(emb.device)
@@ -275,7 +279,7 @@ class GaussianStats:
 
         def score(a, b):
             shift = self.shift[a:b, :, None].double()
-            y = emb[a:b].double() - shift  # x - c
+            y = emb[base + a : base + b].double() - shift  # x - c
             outer, total = scratch.get("cov", b - a).copy_(self.outer[a:b]), self.total[a:b]
             if held_out:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
@@ -284,7 +288,7 @@ class GaussianStats:
             U = _cholesky_upper(cov, epsilon, openblas, scratch.get("work", b - a))
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
-                    y = emb[sources(a, b, grid, step, emb.device)[0]].double() - shift
+                    y = emb[sources(first + a, first + b, grid, step, emb.device)[0]].double() - shift
                 y = y - (total / n)[:, :, None]
                 if openblas:
                     z = lapack.solve_upper_transposed(U, y)
@@ -293,7 +297,15 @@ class GaussianStats:
                 out[a:b] = z.square().sum(1)
 
         for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
-        out = outs[0] if radius == 0 else to_patches(outs, grid, steps)
+        return outs
+
+    def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None, covariance="sample"):
+        """Mahalanobis distances (P, B) of ``emb`` (P, d, B) under these Gaussians: the
+        smallest over the ``radius`` window (with the (h, w) ``grid``) of
+        :meth:`squared_distances`, square-rooted."""
+        outs = self.squared_distances(emb, epsilon, held_out=held_out, radius=radius, grid=grid,
+                                      covariance=covariance)
+        out = outs[0] if radius == 0 else to_patches(outs, grid, offsets(radius))
         return out.sqrt_()
 
 

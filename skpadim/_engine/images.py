@@ -47,17 +47,11 @@ def tensor_batches(images, batch_size, size, device):
     """Yield ``(x, sizes)`` for an :class:`~skpadim._images.ImageSet`.
 
     ``x`` is a float32 tensor (B, 3, h, w) in [0, 1] resized to ``size`` on
-    ``device``; ``sizes`` holds the original (H, W) of each image.
+    ``device``; ``sizes`` holds the original (H, W) of each image (the
+    batches of :meth:`~skpadim._images.ImageSet.host_batches`).
     """
-    array = images._array
-    if array is not None:
-        gray = array.ndim == 3
-        for start in range(0, len(array), batch_size):
-            chunk = array[start : start + batch_size]
-            t = to_tensor(chunk[..., None] if gray else chunk, device)
-            yield resize(t, size), [tuple(chunk.shape[1:3])] * len(chunk)
-        return
-    for imgs in images.arrays(batch_size):
-        sizes = [tuple(im.shape[:2]) for im in imgs]
-        tensors = [resize(to_tensor(im if im.ndim == 3 else im[..., None], device)[None], size) for im in imgs]
-        yield torch.cat(tensors), sizes
+    for imgs, sizes in images.host_batches(batch_size):
+        if isinstance(imgs, np.ndarray):
+            yield resize(to_tensor(imgs, device), size), sizes
+        else:
+            yield torch.cat([resize(to_tensor(im, device)[None], size) for im in imgs]), sizes

@@ -21,7 +21,7 @@ from .progress import stage
 def iter_maps(state, images, batch_size, *, verbose=False, desc="score"):
     """Yield ``(maps, sizes)``: (B, *image_size) float tensors and the images' own sizes."""
     h, w = state.grid
-    hint = OutOfMemoryHint(state.embedder.device, batch_size, state.embedder.image_size, state.shape[1])
+    hint = OutOfMemoryHint(state.device, batch_size, state.layout.image_size, state.shape[1])
     with torch.inference_mode(), hint:
         for emb, sizes, _ in state.embedder.batches(images, batch_size, desc=desc, verbose=verbose):
             with stage("mahalanobis"):
@@ -32,7 +32,7 @@ def iter_maps(state, images, batch_size, *, verbose=False, desc="score"):
                     dist = mahalanobis(emb, state.device_mean, state.device_precision)
                 dist = dist.reshape(-1, h, w)
             with stage("maps"):
-                maps = state.embedder.maps(dist, state.sigma)
+                maps = state.layout.maps(dist, state.sigma)
             yield maps, sizes
 
 

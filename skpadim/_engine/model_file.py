@@ -35,12 +35,10 @@ Files are written atomically: to a temporary file in the same directory,
 flushed to disk, then renamed over the final name.
 """
 
-import contextlib
 import hashlib
 import json
 import numbers
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -49,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import write_atomic
 from .persist import load_device
 from .state import FittedState, InconsistentState
 
@@ -172,40 +171,6 @@ def save(est, state, path, metadata=None):
 def _write_array(zf, name, arr):
     with zf.open(name + ".npy", "w", force_zip64=True) as member:
         np.lib.format.write_array(member, _contiguous(arr), allow_pickle=False)
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path, write):
-    """Call ``write(file)`` on a temporary file next to ``path``, fsync, then rename.
-
-    On any exception (KeyboardInterrupt included) the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 # ------------------------------------------------------------------ load

@@ -4,12 +4,19 @@ A :class:`FittedState` holds
 
 * the embedding: the backbone (truncated after its last tapped layer), the
   layers and their shapes, the kept channels, the image size and the
-  normalization, as a JSON ``spec`` plus the ``feature_index`` array;
+  normalization, as a JSON ``spec`` plus the ``feature_index`` array; the
+  :class:`~.layout.Layout` they define and the :class:`~.embedder.Embedder`
+  that runs the backbone;
 * what accumulates over the images: the running statistics, the
   calibration sample and the random generator that draws its keys;
-* what is derived from them at the end of each fit call: ``epsilon``,
-  ``sigma``, ``image_score`` and ``shift_tolerance`` in use, the means and
-  precisions, the held-out calibration scores and the offset.
+* what is derived from them at the end of each fit call (:mod:`.finish`,
+  the one end of every fit, which sets them with :meth:`set_fitted`):
+  ``epsilon``, ``sigma``, ``image_score``, ``shift_tolerance`` and
+  ``covariance`` in use, the means and precisions, the held-out calibration
+  scores and the offset.
+
+:meth:`fitted_params` is what the rest of skpadim reads of it (through
+``PadimDetector.fitted_params_``).
 
 It is never modified once a detector holds it, except for ``offset`` (a
 threshold the user may set): a fit call builds a new state next to it and
@@ -28,8 +35,8 @@ import torch
 
 from .calibration import CAPACITY, CalibrationSample, flagged_fraction, n_held_out, offset_for
 from .embedder import Embedder
+from .layout import Layout
 from .gaussian import GaussianStats
-from .maps import image_scores
 from .persist import backbone_weights, load_device, model_weights, pack, rebuild_backbone, unpack
 from .tiles import tiling_of_spec
 
@@ -64,6 +71,7 @@ class FittedState:
         self.spec = spec
         self.feature_index = feature_index
         self.embedder = embedder
+        self.layout = embedder.layout
         self.stats = stats  # GaussianStats, or None before any image
         self.sample = sample
         self.rng = rng
@@ -76,24 +84,28 @@ class FittedState:
 
     @classmethod
     def empty(cls, spec, feature_index, model, device, rng, taps=None):
-        embedder = Embedder(model, spec, feature_index, device, taps)
+        embedder = Embedder(model, spec, Layout(spec, feature_index, device), device, taps)
         return cls(spec, feature_index, embedder, None, CalibrationSample(), rng)
 
     # ------------------------------------------------------------ properties
 
     @property
+    def device(self):
+        return self.embedder.device
+
+    @property
     def n(self):
         """Images fitted (with shared tiles, the statistics count every tile)."""
-        return 0 if self.stats is None else self.stats.n // self.embedder.samples_per_image
+        return 0 if self.stats is None else self.stats.n // self.layout.samples_per_image
 
     @property
     def grid(self):
-        return self.embedder.patches.grid
+        return self.layout.grid
 
     @property
     def shape(self):
         """(positions, features)."""
-        return self.embedder.n_positions, len(self.feature_index)
+        return self.layout.n_positions, len(self.feature_index)
 
     @property
     def fitted(self):
@@ -104,10 +116,37 @@ class FittedState:
         P, d = self.shape
         return 4 * P * d * d * ((self.stats is not None) + self.fitted)
 
+    def fitted_params(self):
+        """The parameters as this state fixed them, resolved (JSON-representable, a new dict):
+        what the command line, export and the cluster read of a fitted detector."""
+        spec, params = self.spec, self.spec["params"]
+        tiles = spec.get("tiles")
+        out = {
+            "backbone": spec["backbone"],
+            "weights": params.get("weights"),
+            "layers": list(spec["layers"]),
+            "layer_shapes": [list(s) for s in spec["shapes"]],
+            "n_features": len(self.feature_index),
+            "feature_map_shape": list(self.grid),
+            "image_size": list(spec["image_size"]),
+            "native_size": self.layout.native,
+            "normalize": copy.deepcopy(spec["normalize"]),
+            "n_channels": spec["n_channels"],
+            "tiles": None if tiles is None else copy.deepcopy(tiles),
+            "n_tiles": self.layout.n_tiles,
+            "neighbourhood": int(spec.get("neighbourhood", 1)),
+            "backbone_dtype": params.get("backbone_dtype", "float32"),
+        }
+        if self.fitted:
+            out.update(epsilon=self.epsilon, sigma=self.sigma, contamination=self.contamination,
+                       image_score=self.image_score, shift_tolerance=self.shift_tolerance,
+                       covariance=self.covariance)
+        return out
+
     # -------------------------------------------------------------- fitting
 
     def new_stats(self):
-        return GaussianStats.empty(*self.shape, stats_device(self.embedder.device))
+        return GaussianStats.empty(*self.shape, stats_device(self.device))
 
     def replaced(self, stats, sample, rng):
         """A new state with this one's embedding and the given accumulated data."""
@@ -129,48 +168,20 @@ class FittedState:
         sample = self.sample.merged(other.sample, id_offset=self.n)
         return self.replaced(stats, sample, copy.deepcopy(self.rng))
 
-    def fit_gaussians(self, epsilon, precision=None, covariance="sample"):
-        """Means and precisions from the running statistics (``precision``: already formed,
-        e.g. by the workers of a distributed fit, a (P, d, d) float32 tensor;
-        ``covariance``: the estimator, 'sample' or 'oas')."""
-        self.epsilon = float(epsilon)
-        self.covariance = covariance
-        self.mean = self.stats.mean().cpu().numpy()
-        if precision is None:
-            precision = self.stats.precision(self.epsilon, covariance=covariance)
+    def set_fitted(self, options, mean, precision, calibration):
+        """What the end of a fit (:func:`~.finish.finish`) derived, with the options it used:
+        ``mean`` (P, d) and ``precision`` (P, d, d) tensors, the calibration scores (k,)."""
+        self.epsilon, self.sigma = options.epsilon, options.sigma
+        self.image_score, self.shift_tolerance = options.image_score, options.shift_tolerance
+        self.covariance = options.covariance
+        self.mean = mean.cpu().numpy()
         self.precision = precision.cpu().numpy()
+        self.calibration = calibration
         self._to_device(precision)
-
-    def calibration_distances(self, stats, epsilon, positions=slice(None), shift_tolerance=0):
-        """(positions, k) distances of the held-out calibration images under ``stats``
-        (the statistics of these ``positions`` of this state's images; ``shift_tolerance``
-        needs all positions)."""
-        n = self.n
-        items = self.sample.held_out(n)[0] if n >= 2 else self.sample.items[:1]
-        emb = self.embedder.embed_kept(items)[positions].to(stats.outer.device)
-        return stats.distances_of(emb, epsilon, held_out=n >= 2, radius=shift_tolerance, grid=self.grid,
-                                  covariance=self.covariance)
-
-    def calibrate(self, sigma, contamination, image_score="max", shift_tolerance=0, dist=None):
-        """Score the held-out calibration images and set the offset (``dist``: their
-        distances, already computed by :meth:`calibration_distances`)."""
-        self.sigma = float(sigma)
-        self.image_score = image_score if image_score == "max" else float(image_score)
-        self.shift_tolerance = int(shift_tolerance)
-        if dist is None:
-            dist = self.calibration_distances(self.stats, self.epsilon,
-                                              shift_tolerance=self.shift_tolerance)  # (P, k)
-        maps = self.embedder.maps(dist.T.float().to(self.embedder.device), self.sigma)
-        self.calibration = -image_scores(maps, self.image_score).double().cpu().numpy()
-        self.recalibrate(contamination)
-
-    def finalize(self, epsilon, sigma, contamination, image_score="max", shift_tolerance=0):
-        self.fit_gaussians(epsilon)
-        self.calibrate(sigma, contamination, image_score, shift_tolerance)
-        return self
+        self.recalibrate(options.contamination)
 
     def _to_device(self, precision):
-        device = self.embedder.device
+        device = self.device
         self.device_mean = torch.from_numpy(self.mean).float().to(device)
         self.device_precision = precision.to(device)
 
@@ -188,7 +199,7 @@ class FittedState:
     # ---------------------------------------------------------- persistence
 
     def _tile_dims(self):
-        return () if self.embedder.tiling is None else (self.embedder.n_tiles,)
+        return () if self.layout.tiling is None else (self.layout.n_tiles,)
 
     def to_arrays(self):
         """``(arrays, meta)``: numeric numpy arrays and a JSON-representable dict."""
@@ -202,7 +213,7 @@ class FittedState:
             "sample.keys": self.sample.keys,
             "sample.ids": self.sample.ids,
         }
-        kept = self.embedder.patches.kept_shapes
+        kept = self.layout.patches.kept_shapes
         layers = [i for i, (c, _, _) in enumerate(kept) if c]
         for j, i in enumerate(layers):
             arrays[f"sample.layer{i}"] = (
@@ -244,7 +255,7 @@ class FittedState:
         state = cls.empty(spec, index, model, device, _generator(meta["rng"], source))
         if meta["n"]:
             d = len(index)
-            stats = GaussianStats(meta["n"] * state.embedder.samples_per_image, torch.from_numpy(arrays["stats.shift"]),
+            stats = GaussianStats(meta["n"] * state.layout.samples_per_image, torch.from_numpy(arrays["stats.shift"]),
                                   torch.from_numpy(arrays["stats.total"]),
                                   unpack(arrays["stats.outer_upper"], d))
             state.stats = stats.to(stats_device(device))

@@ -208,21 +208,21 @@ def check_tiles(tile_size, tile_stride, image_size):
     return size, stride
 
 
-def update_width(embedder, n_positions, n_features, budget=512 << 20):
+def update_width(layout, n_positions, n_features, budget=512 << 20):
     """Images per statistics update: the default buffer, narrower when the statistics are large
     (tiles, native size) so that the buffer stays under ``budget`` bytes."""
     from .gaussian import BufferedUpdate
 
-    if embedder.tiling is None and not embedder.native:
+    if layout.tiling is None and not layout.native:
         return BufferedUpdate.WIDTH
     return int(min(BufferedUpdate.WIDTH, max(8, budget // (4 * n_positions * n_features))))
 
 
-def memory_advice(embedder):
+def memory_advice(layout):
     """What lowers a fit's memory, for the refusal of :func:`~.memory.check_fit_memory`."""
-    tiling = embedder.tiling
+    tiling = layout.tiling
     if tiling is None:
-        if not embedder.native:
+        if not layout.native:
             return None
         return ("Set tile_size (e.g. tile_size=256 with tile_sharing='shared': memory "
                 "independent of the image size), lower n_features, or set image_size to "

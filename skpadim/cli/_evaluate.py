@@ -125,7 +125,7 @@ def _score_all(detector, paths, args):
     import numpy as np
 
     from ..exceptions import UnreadableImageError
-    from ._batch import ImageFailure, score_images
+    from .._batch import ImageFailure, score_images
 
     kept, scores, maps, failures = [], [], [], []
     with progress(len(paths), NAME, not args.quiet) as bar:
@@ -161,7 +161,7 @@ def _read_masks(paths, labels, maps, strict):
     from PIL import Image
 
     from ..datasets import read_masks
-    from ._batch import ImageFailure
+    from .._batch import ImageFailure
 
     masks, failures = [], []
     for path, label, amap in zip(paths, labels, maps):

@@ -60,7 +60,7 @@ def _size(path):
 def run(args):
     """Run ``skpadim export`` with the parsed ``args``."""
     from ._model import load_model
-    from ..runtime._format import side_file_name
+    from .._export_format import side_file_name
 
     fmt = args.format
     if fmt is None:
@@ -84,7 +84,7 @@ def run(args):
         to_onnx(detector, out, opset=args.opset)
         side = os.path.join(parent, side_file_name(out))
         extra = ""
-        from ..runtime._format import read_onnx
+        from .._export_format import read_onnx
 
         if read_onnx(out).get("external_data"):
             extra = f" and its weights in {side} ({_size(side)}; keep the two files together)"
@@ -97,7 +97,7 @@ def run(args):
         except ImportError as exc:
             raise CLIError(str(exc)) from None
         print(f"Exported {args.model} to the OpenVINO folder {out} ({_size(out)}).")
-    size = getattr(detector, "_image_size", None) or detector.image_size or tuple(detector._state.spec["image_size"])
+    size = tuple(detector.fitted_params_["image_size"])
     print(f"Threshold: {-float(detector.offset_):.6g}; image size: {size}.")
     print(f"Next, on a machine without torch: pip install \"skpadim[runtime]\", then "
           f"skpadim.runtime.load({out!r}).predict(images).")

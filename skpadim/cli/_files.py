@@ -3,7 +3,7 @@
 import os
 from pathlib import Path
 
-from ._batch import ImageFailure
+from .._batch import ImageFailure
 from ._common import CLIError
 
 

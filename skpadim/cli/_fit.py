@@ -89,11 +89,11 @@ def _check(items, args, client=None):
     from ..exceptions import UnreadableImageError
 
     if client is None:
-        from ._batch import check_files
+        from .._batch import check_files
     else:
-        from ..distributed._cli import check_files as on_cluster
+        from ..distributed import check_files as on_cluster
 
-        check_files = functools.partial(on_cluster, client)
+        check_files = functools.partial(on_cluster, client=client)
     with progress(len(items), "check", not args.quiet) as bar:
         try:
             return check_files(
@@ -108,7 +108,7 @@ def _check(items, args, client=None):
 def run(args):
     if args.scheduler is None:
         return _run(args)
-    from ..distributed._cli import cluster
+    from ._cluster import cluster
 
     with cluster(args.scheduler) as client:
         return _run(args, client)
@@ -136,7 +136,7 @@ def _run(args, client=None):
             detector.fit(paths)
         else:
             from ..distributed import fit
-            from ..distributed._cli import describe
+            from ._cluster import describe
 
             note(f"Fitting on the Dask cluster at {args.scheduler} ({describe(client)}).")
             fit(detector, paths, client=client)

@@ -226,7 +226,8 @@ def describe(detector, path):
         if not isinstance(backbone, str):
             backbone = type(backbone).__name__
     weights = None if detector.weights is None else str(detector.weights)
-    h, w = detector._state.spec["image_size"]  # the size fixed at fit (native: the images')
+    fitted = detector.fitted_params_
+    h, w = fitted["image_size"]  # the size fixed at fit (native: the images')
     gh, gw = detector.feature_map_shape_
     total = sum(int(c) for c, _, _ in detector.layer_shapes_)  # (channels, h, w) per layer
     skipped = _metadata(config).get(SKIPPED)
@@ -249,8 +250,8 @@ def describe(detector, path):
         "calibration_images": len(detector.calibration_scores_),
         "calibration_flagged": float(detector.flagged_fraction()),
         "thresholds_by_contamination": _thresholds(detector),
-        "epsilon": float(detector.epsilon),
-        "sigma": float(detector.sigma),
+        "epsilon": float(fitted["epsilon"]),
+        "sigma": float(fitted["sigma"]),
     }
 
 

@@ -1,9 +1,8 @@
 """Output files that are complete or absent, never half-written.
 
-Every file is written under a hidden temporary name next to its final name
-(``.NAME.XXXX.tmp``, same folder, so the rename cannot cross file systems)
-and renamed at the end; an error or an interrupt removes the temporary file
-and leaves any earlier file of that name as it was. The CSV of
+Every file is written through :mod:`skpadim._atomic` (a hidden temporary
+name next to the final one, renamed at the end; an error or an interrupt
+leaves any earlier file of that name as it was). The CSV of
 ``skpadim predict`` keeps what was done: on an error or an interrupt its
 complete rows are renamed to ``NAME.partial`` instead, a name no tool takes
 for the finished result.
@@ -14,61 +13,11 @@ import csv
 import io
 import os
 import sys
-import tempfile
 
 PARTIAL_SUFFIX = ".partial"
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _temporary(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.chmod(tmp, 0o666 & ~_umask())  # what open() would have given, not mkstemp's 0600
-    return fd, tmp
-
-
-def _sync_directory(path):
-    with contextlib.suppress(OSError, AttributeError):  # the rename survives a crash (POSIX)
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path, *, durable=True):
-    """A binary file object whose contents replace ``path`` when the block ends without error."""
-    fd, tmp = _temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        _sync_directory(path)
-
-
-def write_bytes(path, data, *, durable=False):
-    """``data`` to ``path`` atomically (pictures: no fsync, the rename is enough)."""
-    with atomic_file(path, durable=durable) as f:
-        f.write(data)
-
-
-def write_text(path, text):
-    with atomic_file(path) as f:
-        f.write(text.encode("utf-8"))
+from .._atomic import sync_directory, temporary, write_bytes, write_text  # noqa: F401
 
 
 class CSVOutput:
@@ -90,7 +39,7 @@ class CSVOutput:
         if path is None:
             self._file, self._tmp = sys.stdout, None
         else:
-            fd, self._tmp = _temporary(path)
+            fd, self._tmp = temporary(path)
             self._file = os.fdopen(fd, "wb")
         self._complete = 0  # bytes of whole lines written (file only)
         self._write(header)
@@ -129,7 +78,7 @@ class CSVOutput:
             self.abort()
             raise
         self._tmp = None
-        _sync_directory(self.path)
+        sync_directory(self.path)
         with contextlib.suppress(OSError):  # a leftover of an earlier interrupted run
             os.unlink(self.path + PARTIAL_SUFFIX)
 

@@ -91,10 +91,15 @@ def _overlay(target, image_map, path, label, score, t):
     write_bytes(target, overlay_png(path, image_map, t, title=title))
 
 
+def _overlay_of(targets, t, r):
+    """Write the overlay of the scored ImageResult ``r`` (on a worker, with --scheduler)."""
+    _overlay(targets[r.index], r.map, r.path, "anomalous" if r.score > t else "normal", r.score, t)
+
+
 def run(args):
     if args.scheduler is None:
         return _run(args)
-    from ..distributed._cli import cluster
+    from ._cluster import cluster
 
     with cluster(args.scheduler) as client:
         return _run(args, client)
@@ -103,12 +108,15 @@ def run(args):
 def _results(detector, items, args, t, targets, client):
     """ImageResults in input order: scored here, or on the cluster (overlays written there)."""
     if client is None:
-        from ._batch import score_images
+        from .._batch import score_images
 
         return score_images(detector, items, with_maps=bool(targets), strict=args.strict)
-    from ..distributed._cli import score_images
+    import functools
 
-    return score_images(client, detector, items, threshold=t, targets=targets, strict=args.strict)
+    from ..distributed import score_files
+
+    on_result = functools.partial(_overlay_of, targets, t) if targets else None
+    return score_files(detector, items, client=client, on_result=on_result, strict=args.strict)
 
 
 def _run(args, client=None):

@@ -6,7 +6,9 @@ statistics are merged on the workers by a tree reduction, by blocks of patch
 positions, and the client receives the final arrays only.
 :func:`score_samples` scores on the workers; :func:`scatter` sends a fitted
 detector to every worker once; :func:`connect` connects to a running
-scheduler. Needs the ``dask`` extra: ``pip install "skpadim[dask]"`` (on the
+scheduler; :func:`check_files` and :func:`score_files` check and score image
+files on the workers one bad file at a time (what ``skpadim fit`` and
+``skpadim predict`` run with ``--scheduler``). Needs the ``dask`` extra: ``pip install "skpadim[dask]"`` (on the
 workers too). See docs/distributed.md.
 
 The functions are imported on first use: ``import skpadim`` and the command
@@ -15,9 +17,10 @@ line do not import Dask.
 
 import importlib
 
-__all__ = ["connect", "fit", "scatter", "score_samples"]
+__all__ = ["check_files", "connect", "fit", "scatter", "score_files", "score_samples"]
 
-_MODULES = {"connect": "._client", "fit": "._fit", "scatter": "._score", "score_samples": "._score"}
+_MODULES = {"connect": "._client", "fit": "._fit", "scatter": "._score", "score_samples": "._score",
+            "check_files": "._files", "score_files": "._files"}
 
 
 def require_dask():

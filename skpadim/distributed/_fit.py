@@ -1,17 +1,24 @@
-"""Distributed fit: partitions on the workers, then a tree reduction by blocks of positions."""
+"""Distributed fit: partitions on the workers, then a tree reduction by blocks of positions.
 
-import copy
+A cluster fit is the one-process fit (:func:`skpadim._engine.fitting.fit`)
+with another :class:`~skpadim._engine.fitting.Runner`: the same validation,
+the same embedding chosen on the client, the same end of fit
+(:mod:`skpadim._engine.finish`), of which the workers run the part per
+position by blocks. Every option of the estimator is therefore an option
+here too.
+"""
+
 import math
 import numbers
 import uuid
 from types import SimpleNamespace
 
+import cloudpickle
 import dask
 import torch
 from distributed import as_completed
 
 from .._engine import fitting
-from .._engine import params as _params
 from .._engine.gaussian import GaussianStats
 from .._engine.images import ImageSet
 from .._engine.persist import model_weights
@@ -79,27 +86,34 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
     The client builds the backbone and draws the channel subset and every
     image's calibration key from the detector's generator, exactly as
     ``fit`` does. Each worker rebuilds the backbone from the weights sent
-    once (``device="auto"`` picks each worker's own GPU) and streams its
-    partitions of ``X`` into running sums. The sums are merged on the workers
-    by a tree reduction (``split_every`` at a time, in input order), split by
-    blocks of patch positions; the workers also form the precisions and the
-    held-out calibration distances. The client receives the final arrays.
+    once (``device="auto"`` picks each worker's own GPU; a backbone given as
+    a module travels pickled, so its class must be importable there or
+    defined in the calling script) and streams its partitions of ``X`` into
+    running sums. The sums are merged on the workers by a tree reduction
+    (``split_every`` at a time, in input order), split by blocks of patch
+    positions; the workers also form the precisions and the held-out
+    calibration distances of their blocks, from the statistics alone (the
+    end of fit of :meth:`PadimDetector.fit`, run by blocks). The client
+    receives the final arrays and finishes the fit as ``fit`` does.
 
-    The result does not depend on the partitioning: the statistics equal a
-    one-process fit's to float round-off, and the calibration images are
-    the very same (the keys are drawn per image in input order, and the
-    smallest keys of a union are the smallest of each part's smallest), so
-    ``offset_`` agrees too, and a later ``partial_fit`` continues as after
-    ``fit``.
+    Every parameter of the detector works as in one process (tiles in both
+    sharing modes, ``image_size=None``, ``covariance``, ``shift_tolerance``,
+    ``neighbourhood``, ``image_score``, ``backbone_dtype``). The result does
+    not depend on the partitioning: the statistics equal a one-process fit's
+    to float round-off, and the calibration images are the very same (the
+    keys are drawn per image in input order, and the smallest keys of a
+    union are the smallest of each part's smallest), so ``offset_`` agrees
+    too, and a later ``partial_fit`` continues as after ``fit``.
 
     Parameters
     ----------
     detector : PadimDetector
         Its parameters define the model; it is fitted in place. If the fit
-        fails, it is left as it was.
+        fails, it is left unfitted, as after a failed ``fit``.
     X : list of str or os.PathLike, or dask.bag.Bag of them
         Paths of normal images that every worker can read (e.g. on a shared
-        filesystem). The client does not read them.
+        filesystem). The client does not read them (with ``image_size=None``,
+        one worker reads the size of the first).
     client : distributed.Client, default=None
         ``None`` uses ``distributed.default_client()``.
     partition_size : int, default=None
@@ -150,26 +164,44 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
     position_bounds(1, 1, position_blocks)  # validate before any work
     paths = image_paths(X)
     parts = partition_bounds(len(paths), partition_size, client)
-    with fitting.one_call_at_a_time(detector):
-        params = SimpleNamespace(**_params.validated(detector))
-        _check_supported(params)
+    runner = _ClusterRunner(client, paths, parts, split_every, position_blocks)
+    return fitting.fit(detector, paths, reset=True, runner=runner)
+
+
+class _ClusterRunner(fitting.Runner):
+    """A fit call's statistics from the workers of a Dask cluster (see :func:`fit`)."""
+
+    resumes = False
+
+    def __init__(self, client, paths, parts, split_every, position_blocks):
+        self.client, self.paths, self.parts = client, paths, parts
+        self.split_every, self.position_blocks = split_every, position_blocks
+
+    def images(self, X):
         # The client reads no image: the paths are the workers' (channels: from the files).
-        empty = fitting.start(params, ImageSet(items=paths, n_channels=None))
-        rng = copy.deepcopy(empty.rng)
-        keys = rng.random(len(paths))  # as fit draws them, batch after batch, in input order
-        P, d = empty.shape
-        bounds = position_bounds(P, d, position_blocks, n_threads=sum(client.nthreads().values()))
+        return ImageSet(items=list(self.paths), n_channels=None)
+
+    def first_size(self, images):
+        return tuple(self.client.submit(_worker.image_size, self.paths[0], pure=False).result())
+
+    def statistics(self, state, images, params, draw, options, hint):
+        client, paths = self.client, self.paths
+        keys = draw(len(paths))  # as fit draws them, batch after batch, in input order
+        P, d = state.shape
+        bounds = position_bounds(P, d, self.position_blocks, n_threads=sum(client.nthreads().values()))
+        module = params.backbone if isinstance(params.backbone, torch.nn.Module) else None
         model = {
-            "token": uuid.uuid4().hex, "spec": empty.spec, "feature_index": empty.feature_index,
-            "weights": model_weights(empty.embedder.model),
-            "module": params.backbone if isinstance(params.backbone, torch.nn.Module) else None,
+            "token": uuid.uuid4().hex, "spec": state.spec, "feature_index": state.feature_index,
+            "weights": model_weights(state.embedder.model),
+            # Pickled here: Dask's own serialization of modules loses what hooks need.
+            "module": None if module is None else cloudpickle.dumps(module),
             "device": params.device, "batch_size": params.batch_size, "image_size": params.image_size,
         }
         [model_f] = client.scatter([model], broadcast=True, hash=False)
         futures = []
         try:
-            sample, finals = _graph(model_f, paths, parts, keys, bounds, float(params.epsilon),
-                                    split_every, f"skpadim-fit-{model['token'][:12]}")
+            sample, finals = _graph(model_f, paths, self.parts, keys, bounds, options,
+                                    self.split_every, f"skpadim-fit-{model['token'][:12]}")
             futures = client.compute([sample] + finals, optimize_graph=False)
             blocks = _collect(futures[1:], bounds, P, d)
             sample = futures[0].result()
@@ -177,33 +209,13 @@ def fit(detector, X, *, client=None, partition_size=None, split_every=4, positio
             for fut in futures:
                 fut.release()
             model_f.release()
-        detector._state = _assemble(empty, rng, sample, blocks, params)
-    return detector
+        device = state.device
+        stats = GaussianStats(blocks.n, blocks.shift, blocks.total, blocks.outer).to(stats_device(device))
+        finished = (blocks.precision.to(device), [s.to(stats.outer.device) for s in blocks.squared])
+        return stats, _worker.to_sample(sample, device), finished
 
 
-def _check_supported(params):
-    """Refuse what the distributed fit does not do yet, before any work."""
-    if params.covariance != "sample":
-        raise ValueError(
-            f"skpadim.distributed.fit does not support covariance={params.covariance!r} yet; "
-            "fit this detector in one process with detector.fit."
-        )
-    if params.shift_tolerance:
-        raise ValueError(
-            f"skpadim.distributed.fit does not support shift_tolerance={params.shift_tolerance} "
-            "yet (its calibration needs the neighbouring positions' Gaussians, which other "
-            "blocks hold); fit this detector in one process with detector.fit."
-        )
-    if params.image_size is None or params.tile_size is not None:
-        what = "image_size=None" if params.image_size is None else f"tile_size={params.tile_size!r}"
-        raise ValueError(
-            f"skpadim.distributed.fit does not support {what} yet (native sizes and tiles); "
-            "fit this detector in one process with detector.fit, or set an image_size without "
-            "tiles."
-        )
-
-
-def _graph(model_f, paths, parts, keys, bounds, epsilon, split_every, name):
+def _graph(model_f, paths, parts, keys, bounds, options, split_every, name):
     """Delayed tasks: the merged calibration sample, and one final task per block."""
     delayed = dask.delayed
     partials = [
@@ -221,15 +233,15 @@ def _graph(model_f, paths, parts, keys, bounds, epsilon, split_every, name):
                   for k, p in enumerate(partials)]
         root = tree(blocks, lambda level, j, group: delayed(_worker.merge_blocks)(
             *group, dask_key_name=(f"{name}-merge", b, level, j)), split_every)
-        finals.append(delayed(_worker.finalize_block)(
-            model_f, root, sample, epsilon, lo, hi, dask_key_name=(f"{name}-final", b)))
+        finals.append(delayed(_worker.finish_block)(
+            model_f, root, sample, tuple(options), lo, dask_key_name=(f"{name}-final", b)))
     return sample, finals
 
 
 def _collect(finals, bounds, P, d):
     """The final arrays, each block copied in as it arrives and then let go."""
     out = SimpleNamespace(n=None, shift=torch.empty(P, d), total=torch.empty(P, d, dtype=torch.float64),
-                          outer=torch.empty(P, d, d), precision=torch.empty(P, d, d), distances=None)
+                          outer=torch.empty(P, d, d), precision=torch.empty(P, d, d), squared=None)
     where = {fut.key: bounds[b] for b, fut in enumerate(finals)}
     for fut in as_completed(finals, loop=finals[0].client.loop):
         block = fut.result()
@@ -239,21 +251,11 @@ def _collect(finals, bounds, P, d):
         out.total[a:b] = torch.from_numpy(block["total"])
         out.outer[a:b] = torch.from_numpy(block["outer"])
         out.precision[a:b] = torch.from_numpy(block["precision"])
-        if out.distances is None:
-            out.distances = torch.empty(P, block["distances"].shape[1], dtype=torch.float64)
-        out.distances[a:b] = torch.from_numpy(block["distances"])
+        squared = block["squared"]  # (steps, b - a, k)
+        if out.squared is None:
+            out.squared = torch.empty(squared.shape[0], P, squared.shape[2], dtype=torch.float64)
+        out.squared[:, a:b] = torch.from_numpy(squared)
         fut.release()
         del block
+    out.squared = list(out.squared)
     return out
-
-
-def _assemble(empty, rng, sample, blocks, params):
-    """The fitted state from the final arrays: as ``fitting.extend`` would have left it."""
-    device = empty.embedder.device
-    stats = GaussianStats(blocks.n, blocks.shift, blocks.total, blocks.outer).to(stats_device(device))
-    state = empty.replaced(stats, _worker.to_sample(sample, device), rng)
-    with torch.inference_mode():
-        state.fit_gaussians(params.epsilon, precision=blocks.precision)
-        state.calibrate(params.sigma, params.contamination, params.image_score,
-                        dist=blocks.distances.to(stats.outer.device))
-    return state

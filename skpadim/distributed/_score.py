@@ -1,5 +1,6 @@
 """Distributed scoring: the fitted detector goes to every worker once."""
 
+import contextlib
 import uuid
 
 import numpy as np
@@ -36,33 +37,22 @@ def scatter(detector, client=None):
     return future
 
 
-def _scattered(detector, client):
-    """``(future, owned)``: a scattered detector, and whether this call made it."""
+@contextlib.contextmanager
+def scattered(detector, client):
+    """A scattered detector for the duration of a call: ``detector`` itself if it is a
+    Future already, else a copy sent to every worker and released at the end."""
     if isinstance(detector, Future):
-        return detector, False
-    return scatter(detector, client), True
+        yield detector
+        return
+    future = scatter(detector, client)
+    try:
+        yield future
+    finally:
+        future.release()
 
 
 def score_partition(detector, paths):
     return detector.score_samples(list(paths))
-
-
-def result_partition(detector, paths, start, threshold, targets):
-    """``skpadim predict``'s rows for ``paths`` (one bad file is one row), overlays written here."""
-    from ..cli._batch import score_images
-    from ..cli._predict import _overlay
-
-    rows = []
-    for r in score_images(detector, paths, with_maps=targets is not None):
-        row = {"index": start + r.index, "path": r.path, "score": r.score, "error": r.error,
-               "overlay": None}
-        if r.error is None and targets is not None:
-            target = targets[r.index]
-            _overlay(target, r.map, r.path, "anomalous" if r.score > threshold else "normal",
-                     r.score, threshold)
-            row["overlay"] = str(target)
-        rows.append(row)
-    return rows
 
 
 def score_samples(detector, X, *, client=None, partition_size=None):
@@ -92,40 +82,13 @@ def score_samples(detector, X, *, client=None, partition_size=None):
     client = get_client(client)
     paths = image_paths(X)
     parts = partition_bounds(len(paths), partition_size, client)
-    model, owned = _scattered(detector, client)
     name = f"skpadim-score-{uuid.uuid4().hex[:12]}"
-    futures = []
-    try:
-        futures = [client.submit(score_partition, model, paths[a:b], key=(name, k))
-                   for k, (a, b) in enumerate(parts)]
-        return np.concatenate(client.gather(futures))
-    finally:
-        for fut in futures:
-            fut.release()
-        if owned:
-            model.release()
-
-
-def iter_results(detector, paths, *, client, threshold, targets=None, partition_size=None):
-    """Yield ``skpadim predict``'s row dicts in input order, computed on the workers.
-
-    ``targets``: overlay picture paths (one per image, written by the
-    workers), or None. The maps never leave the workers; each partition's
-    rows are released once yielded.
-    """
-    parts = partition_bounds(len(paths), partition_size, client)
-    model, owned = _scattered(detector, client)
-    name = f"skpadim-predict-{uuid.uuid4().hex[:12]}"
-    futures = []
-    try:
-        futures = [client.submit(result_partition, model, paths[a:b], a, threshold,
-                                 None if targets is None else targets[a:b], key=(name, k))
-                   for k, (a, b) in enumerate(parts)]
-        for k, fut in enumerate(futures):
-            yield from fut.result()
-            fut.release()
-    finally:
-        for fut in futures:
-            fut.cancel()
-        if owned:
-            model.release()
+    with scattered(detector, client) as model:
+        futures = []
+        try:
+            futures = [client.submit(score_partition, model, paths[a:b], key=(name, k))
+                       for k, (a, b) in enumerate(parts)]
+            return np.concatenate(client.gather(futures))
+        finally:
+            for fut in futures:
+                fut.release()

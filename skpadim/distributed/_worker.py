@@ -4,7 +4,10 @@ Everything that travels between tasks is numpy arrays, in the layout of
 :meth:`~skpadim._engine.state.FittedState.to_arrays` but for the matrices,
 which travel whole (see :func:`stats_arrays`), never a torch module: each worker
 rebuilds the backbone once per fit from the scattered model description
-(:func:`base_state`) and keeps it for the fit's other tasks.
+(:func:`base_state`) and keeps it for the fit's other tasks. The end of fit
+of a block of positions (:func:`finish_block`) needs the statistics and the
+layout of the patches only (:class:`~skpadim._engine.layout.Layout`), never
+the backbone.
 
 A partition's result is a pure function of its images and of the keys
 drawn for them on the client, so a task that Dask recomputes after a worker
@@ -12,6 +15,7 @@ died gives the same result, and every image is counted once.
 """
 
 import collections
+import pickle
 import threading
 from types import SimpleNamespace
 
@@ -20,36 +24,58 @@ import torch
 
 from .._engine import params as _params
 from .._engine.calibration import CalibrationSample
+from .._engine.finish import FitOptions, finish_positions, held_out_embedding
 from .._engine.fitting import accumulate
 from .._engine.gaussian import GaussianStats
 from .._engine.images import check_images
+from .._engine.layout import Layout
 from .._engine.persist import backbone_weights, rebuild_backbone
 from .._engine.state import FittedState, stats_device
+from .._images import read_image
 
 _lock = threading.Lock()
-_states = collections.OrderedDict()  # token -> FittedState (empty), the last few fits
-_KEEP = 2
+_states = collections.OrderedDict()  # (kind, token) -> FittedState (empty) or Layout, the last few fits
+_KEEP = 4
 # Images this process streamed into partition statistics (tests read it).
 images_fitted = collections.Counter()
 
 
-def base_state(model):
-    """The empty fitted state of the fit ``model`` describes, built once per process."""
-    token = model["token"]
+def _cached(kind, model, build):
+    key = (kind, model["token"])
     with _lock:
-        state = _states.get(token)
-        if state is None:
-            device = _params.resolve_device(model["device"])  # "auto": this worker's own
-            weights = backbone_weights(model["weights"])
-            backbone = rebuild_backbone(model["spec"], weights, model["module"], "the fitted model")
-            state = FittedState.empty(model["spec"], model["feature_index"], backbone, device,
-                                      np.random.default_rng(0))
-            _states[token] = state
+        value = _states.get(key)
+        if value is None:
+            value = _states[key] = build()
             while len(_states) > _KEEP:
                 _states.popitem(last=False)
         else:
-            _states.move_to_end(token)
-        return state
+            _states.move_to_end(key)
+        return value
+
+
+def base_state(model):
+    """The empty fitted state of the fit ``model`` describes, built once per process."""
+
+    def build():
+        device = _params.resolve_device(model["device"])  # "auto": this worker's own
+        weights = backbone_weights(model["weights"])
+        module = None if model["module"] is None else pickle.loads(model["module"])
+        backbone = rebuild_backbone(model["spec"], weights, module, "the fitted model")
+        return FittedState.empty(model["spec"], model["feature_index"], backbone, device,
+                                 np.random.default_rng(0))
+
+    return _cached("state", model, build)
+
+
+def layout(model):
+    """The :class:`Layout` of the fit ``model`` describes (no backbone), built once per process."""
+    return _cached("layout", model, lambda: Layout(
+        model["spec"], model["feature_index"], _params.resolve_device(model["device"])))
+
+
+def image_size(path):
+    """(H, W) of an image file, decoded as the detector decodes it."""
+    return tuple(int(v) for v in read_image(path).shape[:2])
 
 
 def fit_partition(model, paths, keys, bounds):
@@ -68,18 +94,19 @@ def fit_partition(model, paths, keys, bounds):
         return out
 
     stats, sample = accumulate(state, check_images(list(paths)), est, draw)
-    if stats.n != len(keys):
-        raise RuntimeError(f"fitted {stats.n} images, expected {len(keys)}")
-    images_fitted[model["token"]] += stats.n
-    return {"n": stats.n, "sample": sample_arrays(sample),
-            "blocks": [stats_arrays(stats, a, b) for a, b in bounds]}
+    n = stats.n // state.layout.samples_per_image  # (shared tiles: each counts n_tiles times)
+    if n != len(keys):
+        raise RuntimeError(f"fitted {n} images, expected {len(keys)}")
+    images_fitted[model["token"]] += n
+    return {"n": n, "sample": sample_arrays(sample),
+            "blocks": [{"n": stats.n, **stats_arrays(stats, a, b)} for a, b in bounds]}
 
 
 def pick(result, what, b=None):
     """One block (``what="blocks"``) or the sample of a partition's result."""
     if what == "sample":
-        return {"n": result["n"], **result["sample"]}
-    return {"n": result["n"], **result["blocks"][b]}
+        return {"n": result["n"], **result["sample"]}  # n: images
+    return result["blocks"][b]  # n: samples of the statistics
 
 
 def sample_arrays(sample):
@@ -130,14 +157,17 @@ def merge_blocks(*blocks):
         return {"n": stats.n, **stats_arrays(stats, 0, stats.shape[0])}
 
 
-def finalize_block(model, block, sample, epsilon, a, b):
-    """The end of fit for positions ``a:b``: precisions and held-out calibration distances."""
-    state = base_state(model)
-    device = stats_device(state.embedder.device)
+def finish_block(model, block, sample, options, first):
+    """The end of fit for the block of positions that starts at ``first``: its precisions
+    and the held-out calibration images' squared distances to its Gaussians
+    (:func:`~skpadim._engine.finish.finish_positions`, as in one process)."""
+    options = FitOptions(*options)
+    lay = layout(model)
+    device = stats_device(lay.device)
     with torch.inference_mode():
         stats = to_stats(block, device)
-        precision = stats.precision(epsilon)
-        sample = to_sample(sample, state.embedder.device)
-        partial = state.replaced(stats, sample, None)
-        dist = partial.calibration_distances(stats, epsilon, slice(a, b))
-    return {**block, "precision": precision.cpu().numpy(), "distances": dist.cpu().numpy()}
+        n = stats.n // lay.samples_per_image
+        emb, held_out = held_out_embedding(lay, to_sample(sample, lay.device), n, device)
+        precision, squared = finish_positions(stats, emb, options, lay.grid, first, held_out=held_out)
+    return {**block, "precision": precision.cpu().numpy(),
+            "squared": torch.stack(squared).cpu().numpy()}

@@ -29,64 +29,42 @@ from torch import nn
 
 from .._engine.embedding import neighbourhood_mean
 from .._engine.maps import gaussian_kernel, top_count
-from .._engine.params import image_size_pair, normalization
-from .._engine.taps import LayerTaps, probe_shapes
+from .._engine.taps import LayerTaps
 
 
 def fitted_facts(det):
-    """What the graph needs from a fitted detector, from public attributes first.
+    """What the graph needs from a fitted detector: its ``fitted_params_``, checked.
 
-    The normalization pair, the image size, ``sigma`` and the layer shapes
-    are the values fixed at fit (the detector's fitted state) when present,
-    else derived from the parameters and a probe of the backbone.
+    ValueError for what the graph cannot compute exactly as the detector does.
     """
-    for name in ("mean_", "precision_", "feature_index_", "feature_map_shape_", "layers_", "backbone_", "offset_"):
-        if not hasattr(det, name):
-            raise ValueError(
-                f"The detector has no attribute {name!r}: export needs a fitted PadimDetector "
-                "(call fit first, or load a saved one with PadimDetector.load)."
-            )
-    state = det.__dict__.get("_state")
-    tiles = state.spec.get("tiles") if state is not None else getattr(det, "tile_size", None)
-    if tiles is not None:
+    if not hasattr(det, "fitted_params_"):
+        raise ValueError(
+            "The detector is not fitted: export needs a fitted PadimDetector (call fit "
+            "first, or load a saved one with PadimDetector.load)."
+        )
+    facts = det.fitted_params_
+    if facts["tiles"] is not None:
         raise ValueError(
             "This detector processes images in tiles (tile_size), which export does not "
             "support yet: the exported graph takes whole images at one image_size. Use the "
             "detector in Python, or fit one without tile_size to export it."
         )
-    dtype = state.spec["params"].get("backbone_dtype", "float32") if state is not None else "float32"
-    if dtype != "float32":
+    if facts["backbone_dtype"] != "float32":
         raise ValueError(
-            f"This detector was fitted with backbone_dtype={dtype!r}; the exported graph runs "
-            "the backbone in float32, so its maps would differ from the detector's. Fit with "
-            "backbone_dtype='float32' to export."
+            f"This detector was fitted with backbone_dtype={facts['backbone_dtype']!r}; the "
+            "exported graph runs the backbone in float32, so its maps would differ from the "
+            "detector's. Fit with backbone_dtype='float32' to export."
         )
-    if state is not None and state.shift_tolerance:
+    if facts["shift_tolerance"]:
         raise ValueError(
-            f"This detector was fitted with shift_tolerance={state.shift_tolerance}, which "
+            f"This detector was fitted with shift_tolerance={facts['shift_tolerance']}, which "
             "export does not support; fit one with shift_tolerance=0 to export it."
         )
-    if state is not None:  # the values fixed at fit, whatever set_params did since
-        norm = state.spec["normalize"]
-        return {
-            "image_size": tuple(int(v) for v in state.spec["image_size"]),
-            "norm": None if norm is None else (tuple(norm[0]), tuple(norm[1])),
-            "sigma": float(state.sigma),
-            "epsilon": float(state.epsilon),
-            "shapes": [tuple(int(v) for v in s) for s in state.spec["shapes"]],
-            "image_score": state.image_score,
-            "neighbourhood": int(state.spec.get("neighbourhood", 1)),
-        }
-    size = tuple(getattr(det, "_image_size", None) or image_size_pair(det.image_size))
-    norm = getattr(det, "_norm", "unset")
-    if norm == "unset":
-        norm = normalization(det.normalize)
-    sigma = float(getattr(det, "_sigma", det.sigma))
-    epsilon = float(getattr(det, "_epsilon", det.epsilon))
-    return {"image_size": size, "norm": norm, "sigma": sigma, "epsilon": epsilon,
-            "shapes": getattr(det, "_shapes", None),
-            "image_score": getattr(det, "_image_score", getattr(det, "image_score", "max")),
-            "neighbourhood": int(getattr(det, "_neighbourhood", getattr(det, "neighbourhood", 1)))}
+    norm = facts["normalize"]
+    facts["image_size"] = tuple(int(v) for v in facts["image_size"])
+    facts["norm"] = None if norm is None else (tuple(norm[0]), tuple(norm[1]))
+    facts["shapes"] = [tuple(int(v) for v in s) for s in facts["layer_shapes"]]
+    return facts
 
 
 def _nearest_index(n_in, n_out):
@@ -113,8 +91,6 @@ class PadimGraph(nn.Module):
         self.backbone = model
         self._taps = LayerTaps(model, det.layers_)
         shapes = facts["shapes"]
-        if shapes is None:
-            shapes = probe_shapes(self._taps, self.image_size, torch.device("cpu"))
         norm = facts["norm"]
         self.normalize = norm is not None
         if norm is not None:

@@ -6,12 +6,12 @@ import io
 import json
 import numbers
 import os
-import tempfile
 import warnings
 
 import numpy as np
 
-from ..runtime import _format as fmt
+from .._atomic import atomic_file, write_atomic
+from .. import _export_format as fmt
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -209,26 +209,18 @@ def to_onnx(detector, path, *, opset=None, external_data_threshold=MAX_INLINE_BY
     tensor, external = _finish(model, detector, threshold)
     side_name = fmt.side_file_name(path)
     with contextlib.ExitStack() as stack:
-        tmp_side = None
         if external:
-            fd, tmp_side = tempfile.mkstemp(prefix=f".{side_name}.", suffix=".tmp", dir=directory)
-            stack.callback(_unlink, tmp_side)
-            with os.fdopen(fd, "wb") as f:
-                size, sha = _write_side(f, side_name, model, detector, tensor)
-                f.flush()
-                os.fsync(f.fileno())
+            f = stack.enter_context(atomic_file(os.path.join(directory, side_name)))
+            size, sha = _write_side(f, side_name, model, detector, tensor)
             side = {"location": side_name, "size": size, "sha256": sha}
         else:
             tensor.raw_data = b"".join(_precision_blocks(detector))
             side = None
         config = _config(detector, facts, detector.mean_.shape[1], side)
         blob = _serialize(model, config)
-        from .._engine.model_file import write_atomic
-
-        if tmp_side is not None:
-            os.chmod(tmp_side, 0o666 & ~_umask())
-            os.replace(tmp_side, os.path.join(directory, side_name))
-        write_atomic(path, lambda f: f.write(blob))
+    # The side file (renamed first, when complete) matches this graph; the graph is
+    # renamed last, so a file that loads always has its weights.
+    write_atomic(path, lambda f: f.write(blob))
     return path
 
 
@@ -252,14 +244,3 @@ def _serialize(model, config):
     if hashlib.sha256(graph2).hexdigest() != meta["skpadim.graph_sha256"]:  # pragma: no cover
         raise RuntimeError("The ONNX graph did not serialize deterministically; please report this.")
     return blob
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _unlink(path):
-    with contextlib.suppress(OSError):
-        os.unlink(path)

@@ -2,10 +2,9 @@
 
 import json
 import os
-import shutil
-import tempfile
 
-from ..runtime import _format as fmt
+from .._atomic import atomic_directory
+from .. import _export_format as fmt
 
 
 def to_openvino(detector, directory, *, opset=None):
@@ -52,8 +51,7 @@ def to_openvino(detector, directory, *, opset=None):
             f"The 'directory' parameter of to_openvino is '{directory}', which exists and is not "
             "an earlier OpenVINO export (it holds other files); pass a new or empty folder."
         )
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
-    try:
+    with atomic_directory(target) as tmp:
         onnx_path = os.path.join(tmp, "graph.onnx")
         to_onnx(detector, onnx_path, opset=opset, external_data_threshold=0)
         config = fmt.read_onnx(onnx_path)
@@ -66,26 +64,10 @@ def to_openvino(detector, directory, *, opset=None):
         files = {}
         for name in fmt.IR_FILES:
             full = os.path.join(tmp, name)
-            with open(full, "rb+") as f:
-                os.fsync(f.fileno())
             files[name] = {"size": os.path.getsize(full), "sha256": fmt.sha256_file(full)}
         meta = {"format": fmt.IR_FORMAT, "format_version": fmt.FORMAT_VERSION, "config": config, "files": files}
         with open(os.path.join(tmp, fmt.IR_CONFIG), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".old", dir=parent)
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -94,9 +76,3 @@ def _replaceable(path):
         return False
     names = set(os.listdir(path))
     return not names or names <= set(fmt.IR_FILES) | {fmt.IR_CONFIG}
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

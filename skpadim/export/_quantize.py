@@ -3,7 +3,7 @@
 import os
 import tempfile
 
-from ..runtime import _format as fmt
+from .. import _export_format as fmt
 
 
 def _smoothing_conv(node, shapes):
@@ -52,7 +52,7 @@ def quantize_int8(path, out, calibration_images, *, batch_size=8):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from .._engine.model_file import write_atomic
+    from .._atomic import write_atomic
     from ..runtime import OnnxDetector
     from ._onnx import _serialize
 

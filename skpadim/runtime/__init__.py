@@ -11,7 +11,7 @@ See docs/deploy.md.
 """
 
 from ._detector import OnnxDetector, OpenVinoDetector, is_exported, load
-from ._format import FormatError
+from .._export_format import FormatError
 from ._resize import resize
 
 __all__ = ["FormatError", "OnnxDetector", "OpenVinoDetector", "is_exported", "load", "resize"]

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .._images import check_images
-from . import _format as fmt
+from .. import _export_format as fmt
 from ._engines import OpenVinoEngine, OrtEngine, check_options
 from ._resize import resize
 
@@ -62,18 +62,11 @@ class _ExportedDetector:
                 f"{_KIND[fitted]} images. Convert X to the training images' channel count."
             )
         size = self.image_size
-        array = images._array
-        if array is not None:
-            gray = array.ndim == 3
-            for start in range(0, len(array), self.batch_size):
-                chunk = array[start : start + self.batch_size]
-                x = resize(to_float(chunk[..., None] if gray else chunk), size)
-                yield x, [tuple(chunk.shape[1:3])] * len(chunk)
-            return
-        for imgs in images.arrays(self.batch_size):
-            sizes = [tuple(im.shape[:2]) for im in imgs]
-            x = np.stack([resize(to_float(im if im.ndim == 3 else im[..., None]), size) for im in imgs])
-            yield x, sizes
+        for imgs, sizes in images.host_batches(self.batch_size):
+            if isinstance(imgs, np.ndarray):
+                yield resize(to_float(imgs), size), sizes
+            else:
+                yield np.stack([resize(to_float(im), size) for im in imgs]), sizes
 
     def iter_anomaly_maps(self, X, *, maps=True):
         """Yield ``(score_samples, maps)`` batch by batch, in the order of ``X``.

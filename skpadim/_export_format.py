@@ -118,7 +118,7 @@ def sha256_file(path, chunk=1 << 24):
 
 def check_header(path, meta):
     """Parse and check the format keys of ``meta``; return the config dict."""
-    from .. import __version__
+    from . import __version__
 
     if meta.get("skpadim.format") != FORMAT:
         raise FormatError(

@@ -1,4 +1,4 @@
-"""Per-image error handling: decode and score image files, one bad file at a time.
+"""Image files decoded and scored one bad file at a time (the command line and the cluster).
 
 A run over thousands of files must not stop at the first unreadable one.
 Every function here takes *items*: image paths, or :class:`ImageFailure`
@@ -9,8 +9,10 @@ Files are decoded with :func:`skpadim._images.read_image`, the decoder of
 what the detector reads from a path; they are then passed to the
 detector's public methods as arrays, so a bad file costs nothing but its
 own row. The functions hold no state between calls, and their results are
-plain tuples: a distributed run can call :func:`score_images` on each chunk
-of paths and gather the results.
+plain tuples: :mod:`skpadim.distributed` calls :func:`score_images` on each
+chunk of paths on the workers and gathers the results. Torch-free: the
+detector passed in may be a :class:`~skpadim.PadimDetector` or an exported
+one of :mod:`skpadim.runtime`.
 """
 
 import collections
@@ -20,7 +22,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "score_images"]
+__all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "score_images", "strict_error"]
 
 # Images per detector call in score_images: several batches, within a memory budget.
 CHUNK_BATCHES = 4
@@ -45,7 +47,7 @@ class ImageResult(NamedTuple):
 
 
 def _decoder(gray):
-    from .._images import read_image
+    from ._images import read_image
 
     def decode_one(path):
         image = read_image(path)  # (H, W, 3) uint8
@@ -60,7 +62,7 @@ def _decoder(gray):
 
 
 def _unreadable(path, exc):
-    from ..exceptions import UnreadableImageError
+    from .exceptions import UnreadableImageError
 
     reason = exc.reason if isinstance(exc, UnreadableImageError) else str(exc)
     return ImageFailure(os.fspath(path), reason or type(exc).__name__)
@@ -115,7 +117,7 @@ def check_files(items, *, strict=False, on_failure=None, on_image=None, n_thread
     for _, path, got in decode(items, n_threads=n_threads, ahead=4 * n_threads):
         if isinstance(got, ImageFailure):
             if strict:
-                raise _strict_error(got)
+                raise strict_error(got)
             failures.append(got)
             if on_failure is not None:
                 on_failure(got)
@@ -151,7 +153,7 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
         if isinstance(got, ImageFailure):
             if strict:  # the images before it still get their results
                 yield from _score_batch(detector, pending, images, with_maps)
-                raise _strict_error(got)
+                raise strict_error(got)
             pending.append(ImageResult(i, path, error=got.reason))
             continue
         pending.append(ImageResult(i, path))
@@ -178,8 +180,9 @@ def _score_batch(detector, pending, images, with_maps):
         yield r
 
 
-def _strict_error(failure):
-    from ..exceptions import UnreadableImageError
+def strict_error(failure):
+    """The :class:`~skpadim.exceptions.UnreadableImageError` that ``strict=True`` raises."""
+    from .exceptions import UnreadableImageError
 
     return UnreadableImageError(
         f"could not read image file '{failure.path}': {failure.reason}",

@@ -1,0 +1,81 @@
+"""Where the patches and their Gaussians are: everything a fitted model's spec fixes, no backbone.
+
+A :class:`Layout` is built from the spec of a fitted state and its kept
+channels alone: the patch grid and the kept channels of every layer
+(:class:`~.embedding.PatchEmbedding`), the image size, the tiles and how they
+share their Gaussians. It embeds the calibration sample's kept channels and
+turns distances into smoothed maps, which is all the end of a fit needs
+besides the statistics (:mod:`.finish`): a cluster worker that finishes a
+block of positions builds a Layout, never the backbone.
+"""
+
+from .embedding import PatchEmbedding
+from .maps import anomaly_maps
+from .tiles import Tiling
+
+
+class Layout:
+    """The geometry of a fitted model: patch grid, kept channels, image size, tiles.
+
+    Parameters
+    ----------
+    spec : dict
+        The JSON spec of a fitted state (layer shapes, image size, tiles, options).
+    feature_index : ndarray of int
+        The kept channels (sorted indices into the concatenated layers).
+    device : torch.device
+        Where embeddings and maps are computed.
+    """
+
+    def __init__(self, spec, feature_index, device):
+        self.device = device
+        self.patches = PatchEmbedding([tuple(s) for s in spec["shapes"]], feature_index, device,
+                                      spec.get("neighbourhood", 1))
+        self.image_size = tuple(spec["image_size"])
+        # Tiles (None: whole images); native: images must have image_size, never resized.
+        self.tiling = Tiling.from_spec(spec) if spec.get("tiles") else None
+        self.native = spec["params"].get("image_size", True) is None
+
+    @property
+    def grid(self):
+        """(h, w) of the patch grid (of one tile, with tiles)."""
+        return self.patches.grid
+
+    @property
+    def n_tiles(self):
+        return 1 if self.tiling is None else self.tiling.n_tiles
+
+    @property
+    def n_positions(self):
+        """Positions of the Gaussians: patch positions, times the tile locations with
+        ``tile_sharing="position"``."""
+        P = self.patches.n_positions
+        return P if self.tiling is None else P * self.n_tiles // self.tiling.samples_per_image
+
+    @property
+    def samples_per_image(self):
+        return 1 if self.tiling is None else self.tiling.samples_per_image
+
+    def kept_item_bytes(self):
+        """Bytes of one image in the calibration sample (every tile's kept channels)."""
+        return 4 * self.n_tiles * sum(n * h * w for n, h, w in self.patches.kept_shapes)
+
+    def take(self, feats, j):
+        """Image ``j``'s kept channels, for the calibration sample: one tensor per layer,
+        (n, h, w), or (n_tiles, n, h, w) with tiles."""
+        if self.tiling is None:
+            return self.patches.kept_channels(feats, j)
+        return self.tiling.kept_channels(self.patches, feats, j)
+
+    def embed_kept(self, items):
+        """Embeddings of images given by :meth:`take`, in the statistics' layout."""
+        if self.tiling is None:
+            return self.patches.embed_kept(items)
+        return self.tiling.embed_kept(self.patches, items)
+
+    def maps(self, dist, sigma):
+        """Distances (B, positions) from :func:`mahalanobis` -> smoothed maps (B, *image_size)."""
+        h, w = self.patches.grid
+        if self.tiling is None:
+            return anomaly_maps(dist.reshape(-1, h, w), self.image_size, sigma)
+        return self.tiling.anomaly_maps(dist.reshape(-1, h, w), sigma)
