@@ -127,9 +127,32 @@ def test_maps_have_the_native_size_and_scores_are_their_maximum(sharing):
     n_tiles = 2 * 3  # rows at 0 and 16; columns at 0, 24 and 48
     P = 8 * 8
     assert det.mean_.shape[0] == (P * n_tiles if sharing == "position" else P)
-    # Images of another size: a clear error, not a silent resize.
-    with pytest.raises(ValueError, match=r"image_size=None.*48 x 80.*64 x 64"):
-        det.predict(make_anomaly_images(2, 0, image_size=64, random_state=1)[0])
+    other = make_anomaly_images(2, 0, image_size=64, random_state=1)[0]
+    if sharing == "position":  # another size: a clear error naming the image, not a silent resize
+        with pytest.raises(ValueError, match=r"X\[0\] is 64 x 64 pixels, .* own size, 48 x 80 .*image_size=None"):
+            det.predict(other)
+    else:  # shared tiles: any size at least one tile large, cut into its own tiles
+        assert det.anomaly_map(other).shape == (2, 64, 64)
+        with pytest.raises(ValueError, match=r"X\[0\] is 16 x 16 pixels, smaller than the model's 32 x 32 tiles"):
+            det.predict(other[:, :16, :16])
+
+
+def test_shared_tiles_score_any_size_as_each_tile_alone():
+    """A model with shared tiles takes images of another size: each tile's map is that tile's
+    map scored alone (without overlap and smoothing, the stitched map is the tiles' maps)."""
+    X = textured(12, size=48)
+    det = PadimDetector(image_size=None, tile_size=32, sigma=0.0, **FAST).fit(X)
+    big = textured(2, size=64, seed=5)
+    maps = det.anomaly_map(list(big) + [X[0]])  # two sizes in one call
+    assert [m.shape for m in maps] == [(64, 64), (64, 64), (48, 48)]
+    for image, amap in zip(big, maps):
+        for y in (0, 32):
+            for x in (0, 32):
+                alone = det.anomaly_map(image[None, y : y + 32, x : x + 32])[0]
+                np.testing.assert_allclose(amap[y : y + 32, x : x + 32], alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(det.score_samples(list(big)), [-m.max() for m in maps[:2]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"X\[20\] is 64 x 64 pixels, but with image_size=None"):
+        PadimDetector(image_size=None, tile_size=32, **FAST).fit(list(textured(20, size=48)) + [big[0]])
 
 
 # ------------------------------------------------------------------ resume
@@ -193,7 +216,7 @@ def test_invalid_tile_parameters_are_refused_with_their_name():
     with pytest.raises(ValueError, match="shift_tolerance=1 is not supported with tile_size=16"):
         PadimDetector(tile_size=16, shift_tolerance=1, **FAST).fit(X)
     mixed = [textured(1, 32)[0], textured(1, 48)[0]]
-    with pytest.raises(ValueError, match="image_size=None .* 32 x 32 pixels, but an image has 48 x 48"):
+    with pytest.raises(ValueError, match=r"X\[1\] is 48 x 48 pixels, but with image_size=None .* own size, 32 x 32 pixels"):
         PadimDetector(image_size=None, **FAST).fit(mixed)
 
 

@@ -11,10 +11,9 @@ import torch
 
 from . import dtypes as _dtypes
 from .fold import fold_batchnorm
-from .images import tensor_batches
+from .images import tensor_batch
 from .progress import progress_bar, stage
 from .taps import LayerTaps
-from .tiles import check_native
 
 #: Device types whose backbone runs in the channels_last memory format (NHWC):
 #: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
@@ -104,37 +103,61 @@ class Embedder:
             self._runner = (self.taps, torch.contiguous_format)
         return self._run(self._runner, x)
 
-    def batches(self, images, batch_size, *, desc, verbose=False):
+    def batches(self, images, batch_size, *, desc, verbose=False, fitting=False):
         """Yield ``(emb, sizes, feats)``: the (P, d, B) embeddings (a buffer reused by the
         calling thread), the images' own sizes and the tapped layers' outputs.
 
         With tiles, ``batch_size`` counts tiles: each batch holds ``batch_size //
         n_tiles`` images (at least one) and all their tiles go through the backbone at once.
+        A model that takes images of any size (native, shared tiles) cuts each image
+        into its own tiles when predicting: a batch then holds images of one size.
+        Images a model cannot take raise a ValueError naming them (``fitting``: every
+        image must have the training images' size).
         """
         layout = self.layout
-        per_batch = max(1, batch_size // layout.n_tiles)
-        batches = tensor_batches(images, per_batch, layout.image_size, self.device)
         bar = progress_bar(len(images), desc) if verbose else None
+        runs = self._runs(images, batch_size, fitting)
         try:
             while True:
                 with stage("decode"):
-                    batch = next(batches, None)
+                    batch = next(runs, None)
                 if batch is None:
                     break
-                x, sizes = batch
-                if layout.native:
-                    check_native(sizes, layout.image_size)
+                x, sizes, tiling = batch
                 with stage("backbone"):
-                    if layout.tiling is not None:
-                        x = layout.tiling.split(x)  # normalization is per pixel: split first
+                    if tiling is not None:
+                        x = tiling.split(x)  # normalization is per pixel: split first
                     feats = self.forward(x)
                 with stage("embedding"):
                     emb = layout.patches(feats)
-                    if layout.tiling is not None:
-                        emb = layout.tiling.stats_layout(emb)
+                    if tiling is not None:
+                        emb = tiling.stats_layout(emb)
                 yield emb, sizes, feats
                 if bar is not None:
                     bar.update(len(sizes))
         finally:
             if bar is not None:
                 bar.close()
+
+    def _runs(self, images, batch_size, fitting):
+        """``(x, sizes, tiling)``: batches as tensors at the model's size, or, for a model
+        that takes any size, runs of images of one size at that size, with their tiles."""
+        layout = self.layout
+        flexible = layout.any_size and not fitting
+        first = 0
+        for imgs, sizes in images.host_batches(max(1, batch_size // layout.n_tiles)):
+            if layout.native:
+                layout.check_sizes(sizes, first, fitting=fitting)
+            first += len(sizes)
+            if not flexible:
+                yield tensor_batch(imgs, layout.image_size, self.device), sizes, layout.tiling
+                continue
+            start = 0
+            while start < len(sizes):  # a run of one size, in batches of its own tiles
+                tiling = layout.tiling_for(sizes[start])
+                stop = start + 1
+                while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < max(
+                        1, batch_size // tiling.n_tiles):
+                    stop += 1
+                yield tensor_batch(imgs[start:stop], None, self.device), sizes[start:stop], tiling
+                start = stop

@@ -248,7 +248,8 @@ def accumulate(state, images, est, draw, *, hint=None):
     take = state.layout.take
     with torch.inference_mode(), hint:
         updates = BufferedUpdate(stats, width)
-        for emb, sizes, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose):
+        for emb, sizes, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose,
+                                                        fitting=True):
             B = len(sizes)  # images (with shared tiles, emb has a column per tile)
             with stage("reservoir"):
                 sample.offer(draw(B), seen, functools.partial(take, feats))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .._images import ImageSet, check_images
 
-__all__ = ["ImageSet", "check_images", "resize", "tensor_batches", "to_tensor"]
+__all__ = ["ImageSet", "check_images", "resize", "tensor_batch", "tensor_batches", "to_tensor"]
 
 _TORCH_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -43,6 +43,18 @@ def resize(t, size):
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def tensor_batch(imgs, size, device):
+    """One batch of :meth:`~skpadim._images.ImageSet.host_batches` as a float32 tensor
+    (B, 3, h, w) in [0, 1] on ``device``, resized to ``size`` (None: as they are, all of
+    one size)."""
+    if isinstance(imgs, np.ndarray):
+        t = to_tensor(imgs, device)
+        return t if size is None else resize(t, size)
+    if size is None:
+        return torch.cat([to_tensor(im, device)[None] for im in imgs])
+    return torch.cat([resize(to_tensor(im, device)[None], size) for im in imgs])
+
+
 def tensor_batches(images, batch_size, size, device):
     """Yield ``(x, sizes)`` for an :class:`~skpadim._images.ImageSet`.
 
@@ -51,7 +63,4 @@ def tensor_batches(images, batch_size, size, device):
     batches of :meth:`~skpadim._images.ImageSet.host_batches`).
     """
     for imgs, sizes in images.host_batches(batch_size):
-        if isinstance(imgs, np.ndarray):
-            yield resize(to_tensor(imgs, device), size), sizes
-        else:
-            yield torch.cat([resize(to_tensor(im, device)[None], size) for im in imgs]), sizes
+        yield tensor_batch(imgs, size, device), sizes

@@ -32,7 +32,7 @@ def iter_maps(state, images, batch_size, *, verbose=False, desc="score"):
                     dist = mahalanobis(emb, state.device_mean, state.device_precision)
                 dist = dist.reshape(-1, h, w)
             with stage("maps"):
-                maps = state.layout.maps(dist, state.sigma)
+                maps = state.layout.maps(dist, state.sigma, sizes[0])
             yield maps, sizes
 
 

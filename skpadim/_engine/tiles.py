@@ -156,18 +156,6 @@ class Tiling:
         return smooth(self.stitch(upsample(dist, self.size)), sigma)
 
 
-def check_native(sizes, image_size):
-    """Refuse images whose size differs from ``image_size`` (that of the training images)."""
-    for size in sizes:
-        if tuple(size) != tuple(image_size):
-            raise ValueError(
-                f"With image_size=None the detector works at the training images' own size, "
-                f"{image_size[0]} x {image_size[1]} pixels, but an image has {size[0]} x "
-                f"{size[1]}. Resize the images to that size, or set image_size to a fixed "
-                "(height, width) that every image is resized to."
-            )
-
-
 def tiling_of_spec(spec, need):
     """The :class:`Tiling` a fitted state's spec describes (None: no tiles), after
     checking its values with ``need(ok, what)``."""
