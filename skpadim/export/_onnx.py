@@ -47,6 +47,9 @@ def _config(det, facts, n_features, external):
         "input": {"name": fmt.INPUT, "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0], "color": "RGB"},
         "outputs": list(fmt.OUTPUTS),
         "external_data": external,
+        # The parameters as the fit fixed them (PadimDetector.fitted_params_), for the runtime's
+        # fitted_params_ and the command line.
+        "fitted_params": det.fitted_params_,
     }
 
 

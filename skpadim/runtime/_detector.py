@@ -47,6 +47,21 @@ class _ExportedDetector:
         self.offset_ = float(config["offset"])
         self._engine = engine
 
+    @property
+    def fitted_params_(self):
+        """The parameters as the fit fixed them, as ``PadimDetector.fitted_params_`` gives
+        them (a new dict at each read); a file exported before they were recorded gives
+        what its config says (image size, normalization, layers, sigma, epsilon)."""
+        config = self.config_
+        fitted = config.get("fitted_params")
+        if fitted is not None:
+            return json.loads(json.dumps(fitted))
+        return {"backbone": config.get("backbone"), "layers": list(config.get("layers", [])),
+                "n_features": config.get("n_features"), "image_size": list(self.image_size),
+                "native_size": False, "normalize": config.get("normalize"), "tiles": None,
+                "n_tiles": 1, "n_channels": self.n_channels_in_, "sigma": config.get("sigma"),
+                "epsilon": config.get("epsilon"), "feature_map_shape": config.get("feature_map_shape")}
+
     def __repr__(self):
         return f"{type(self).__name__}({self.path!r}, image_size={self.image_size}, offset_={self.offset_:.6g})"
 
@@ -198,6 +213,9 @@ class OnnxDetector(_ExportedDetector):
         1 or 3: the channel count of the training images (array inputs).
     config_ : dict
         Everything the file's metadata records (see docs/deploy.md).
+    fitted_params_ : dict
+        The parameters as the fit fixed them, as ``PadimDetector.fitted_params_``
+        gives them (image size, tiles, normalization, sigma...).
 
     Examples
     --------
