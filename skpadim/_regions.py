@@ -10,8 +10,16 @@ an 8-connected component of the mask. Masks and regions follow ``predict``:
   above the pixel threshold, its mask is the pixels at its map's maximum
   (the pixel that made it anomalous), so a flagged image never comes back
   without a place;
-* ``min_region_area`` drops regions smaller than that many pixels, but
-  never the largest region of a flagged image.
+* ``min_region_area`` drops regions smaller than that many pixels from the
+  regions and from the mask, but never the largest region of a flagged
+  image.
+
+Everything here works on one map as :meth:`~skpadim.PadimDetector.anomaly_map`
+returns it (at the image's own size) and the image's ``score_samples``, with
+the detector's public ``offset_``, ``pixel_threshold_`` and
+``min_region_area`` (:func:`settings_of`): the estimator, the runtime, the
+cluster's workers and the command line compute the same masks from the same
+maps.
 
 :func:`label` is the one connected-component labelling of skpadim: a
 two-pass labelling over runs of pixels with a union-find, in numpy and
@@ -33,11 +41,13 @@ Examples
 [((2, 1, 4, 3), 3), ((0, 0, 2, 1), 2)]
 """
 
+import numbers
 from typing import NamedTuple, Tuple
 
 import numpy as np
 
-__all__ = ["Region", "anomaly_mask", "defect_regions", "label"]
+__all__ = ["Region", "Settings", "anomaly_mask", "check_min_region_area", "defect_regions", "label",
+           "localize", "outline", "save_mask", "settings_of", "summary"]
 
 
 class Region(NamedTuple):
@@ -60,6 +70,44 @@ class Region(NamedTuple):
         """JSON-representable: ``{"box": [...], "area": ..., "centroid": [...], "peak": ..., "mean": ...}``."""
         return {"box": list(self.box), "area": self.area, "centroid": list(self.centroid),
                 "peak": self.peak, "mean": self.mean}
+
+
+class Settings(NamedTuple):
+    """What turns a map and its image's score into a mask: a detector's fitted thresholds.
+
+    ``offset``: ``offset_`` (an image is flagged when its ``score_samples`` is
+    below it); ``pixel_threshold``: ``pixel_threshold_`` (map units);
+    ``min_region_area``: regions smaller than this are dropped.
+    """
+
+    offset: float
+    pixel_threshold: float
+    min_region_area: int = 0
+
+
+def settings_of(detector):
+    """The :class:`Settings` of a fitted detector (a PadimDetector or an exported one),
+    read from its public attributes once, so that a batch uses one set of values."""
+    return Settings(float(detector.offset_), float(detector.pixel_threshold_),
+                    check_min_region_area(detector.min_region_area, type(detector).__name__))
+
+
+def check_min_region_area(value, owner):
+    """``value`` as an int if it is a valid ``min_region_area``, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"The 'min_region_area' parameter of {owner} must be an int in the range "
+                         f"[0, inf) (pixels). Got {value!r} instead.")
+    return int(value)
+
+
+def check_pixel_threshold(value):
+    """``value`` as a float if it is a valid ``pixel_threshold_``, else a ValueError."""
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
+        raise ValueError(f"pixel_threshold_ must be a finite float (anomaly-map units), got {value!r}.")
+    return float(value)
+
+
+# ---------------------------------------------------------------- labelling
 
 
 def _runs(row):
@@ -92,7 +140,9 @@ def label(mask):
 
     runs = []  # (row, start, end, run id)
     prev = []  # runs of the previous row: (start, end, id)
-    for y in range(mask.shape[0]):
+    for y in np.flatnonzero(mask.any(axis=1)).tolist():
+        if runs and runs[-1][0] != y - 1:
+            prev = []  # an empty row in between: nothing above touches
         starts, ends = _runs(mask[y])
         cur = []
         j = 0
@@ -112,25 +162,40 @@ def label(mask):
             runs.append((y, a, b, rid))
         prev = cur
     labels = np.zeros(mask.shape, np.int32)
-    numbers = {}
+    numbers_ = {}
     for y, a, b, rid in runs:  # raster order: numbered by first pixel
         root = find(rid)
-        number = numbers.get(root)
+        number = numbers_.get(root)
         if number is None:
-            number = numbers[root] = len(numbers) + 1
+            number = numbers_[root] = len(numbers_) + 1
         labels[y, a:b] = number
-    return labels, len(numbers)
+    return labels, len(numbers_)
 
 
-def anomaly_mask(amap, flagged, pixel_threshold):
-    """The boolean mask of one map (see the module docstring): empty unless ``flagged``."""
+# ---------------------------------------------------------------- the rule
+
+
+def fit_pixel_threshold(maps, calibration_scores, offset):
+    """The label-free pixel threshold, from the held-out normal images' maps (k, H, W) at
+    ``image_size``, their ``score_samples`` and the fitted ``offset_``."""
+    return -float(offset)
+
+
+def anomaly_mask(amap, score, offset, pixel_threshold):
+    """The mask of one map before ``min_region_area`` (see the module docstring).
+
+    ``score`` is the image's ``score_samples``: empty unless ``score < offset``.
+    """
     amap = np.asarray(amap)
-    if not flagged:
+    if not score < offset:
         return np.zeros(amap.shape, bool)
     mask = amap > pixel_threshold
     if not mask.any():  # flagged, yet nothing above the pixel threshold: its peak
         mask = amap >= amap.max()
     return mask
+
+
+# ---------------------------------------------------------------- regions
 
 
 def defect_regions(amap, mask, min_region_area=0):
@@ -139,10 +204,15 @@ def defect_regions(amap, mask, min_region_area=0):
     Regions smaller than ``min_region_area`` pixels are dropped, but for the
     largest one (a non-empty mask keeps at least one region).
     """
+    return _regions(amap, mask, min_region_area)[0]
+
+
+def _regions(amap, mask, min_region_area):
+    """``(regions, labels, kept label numbers)``; labels is None for an empty mask."""
     amap = np.asarray(amap)
     labels, n = label(mask)
     if n == 0:
-        return []
+        return [], None, []
     flat = labels.ravel()
     inside = flat > 0
     ids = flat[inside] - 1
@@ -163,22 +233,71 @@ def defect_regions(amap, mask, min_region_area=0):
     np.maximum.at(x1, ids, xs + 1)
     np.maximum.at(y1, ids, ys + 1)
     order = sorted(range(n), key=lambda k: (-area[k], -peak[k], y0[k], x0[k]))
-    out = []
+    out, kept = [], []
     for rank, k in enumerate(order):
         if rank and area[k] < min_region_area:
             continue
+        kept.append(k + 1)
         out.append(Region((int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])), int(area[k]),
                           (float(cx[k]), float(cy[k])), float(peak[k]), float(total[k] / area[k])))
-    return out
+    return out, labels, kept
 
 
-def fit_pixel_threshold(maps, calibration_scores, offset):
-    """The label-free pixel threshold, from the held-out normal images' maps (k, H, W) at
-    ``image_size``, their ``score_samples`` and the fitted ``offset_``."""
-    return -float(offset)
+def localize(amap, score, settings):
+    """``(mask, regions)`` of one image: its map at its own size, its ``score_samples``,
+    a :class:`Settings`. The mask is the union of the regions (``min_region_area``
+    applied to both)."""
+    mask = anomaly_mask(amap, score, settings.offset, settings.pixel_threshold)
+    if not mask.any():
+        return mask, []
+    regions, labels, kept = _regions(amap, mask, settings.min_region_area)
+    if len(kept) < int(labels.max()):
+        mask = np.isin(labels, kept)
+    return mask, regions
 
 
 def masks(maps, scores, offset, pixel_threshold):
     """Boolean masks of ``maps`` (each image's own size), flagged as ``predict`` flags:
     ``scores`` are ``score_samples``, an image is flagged when its score is below ``offset``."""
-    return [anomaly_mask(m, s < offset, pixel_threshold) for m, s in zip(maps, scores)]
+    return [anomaly_mask(m, s, offset, pixel_threshold) for m, s in zip(maps, scores)]
+
+
+# ---------------------------------------------------------------- for pictures and files
+
+
+def summary(regions):
+    """``{"n_regions", "largest_area", "largest_box"}`` of an image's regions (largest first):
+    the columns a table of images gives them; 0, 0 and None for an image without region."""
+    if not regions:
+        return {"n_regions": 0, "largest_area": 0, "largest_box": None}
+    return {"n_regions": len(regions), "largest_area": regions[0].area, "largest_box": regions[0].box}
+
+
+def outline(mask):
+    """The pixels of ``mask`` that touch a pixel outside it (8-neighbourhood) or the border:
+    the regions' outlines, one pixel wide, to draw over an image."""
+    mask = np.asarray(mask, dtype=bool)
+    padded = np.pad(mask, 1, constant_values=False)
+    h, w = mask.shape
+    inner = np.ones_like(mask)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            inner &= padded[dy:dy + h, dx:dx + w]
+    return mask & ~inner
+
+
+def save_mask(path, mask):
+    """Write ``mask`` as a grayscale PNG (255 = defect, 0 = normal), atomically: the file is
+    complete or absent. :func:`skpadim.datasets.read_masks` reads it back (``pixel > 127``)."""
+    import io
+
+    from PIL import Image
+
+    from ._atomic import write_bytes
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != bool:
+        raise ValueError(f"mask must be a 2-D boolean array, got {mask.dtype} of shape {mask.shape}.")
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
