@@ -174,11 +174,31 @@ def label(mask):
 
 # ---------------------------------------------------------------- the rule
 
+#: Share of the peak's excess over the image threshold below which a flagged
+#: image's pixels are not defects (the relative part of the level).
+PEAK_FRACTION = 0.75
+
 
 def fit_pixel_threshold(maps, calibration_scores, offset):
-    """The label-free pixel threshold, from the held-out normal images' maps (k, H, W) at
-    ``image_size``, their ``score_samples`` and the fitted ``offset_``."""
-    return -float(offset)
+    """The label-free ``pixel_threshold_``: the median of the peaks of the held-out
+    normal images' maps (k, H, W), in map units."""
+    maps = np.asarray(maps)
+    return float(np.median(maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)))
+
+
+def _seeds(amap, offset):
+    """The pixels a region must reach: above the image threshold ``t = -offset``, or (a
+    map resized below it) the map's maximum."""
+    seeds = amap > amap.dtype.type(-float(offset))
+    return seeds if seeds.any() else amap >= amap.max()
+
+
+def level_of(amap, offset, pixel_threshold):
+    """The level of one flagged image's mask, ``max(pixel_threshold, median + f (peak - t))``
+    with ``t = -offset``, in the map's dtype (the comparisons with it are exact)."""
+    peak = float(amap.max())
+    relative = float(np.median(amap)) + PEAK_FRACTION * (peak + float(offset))
+    return amap.dtype.type(max(float(pixel_threshold), relative))
 
 
 def anomaly_mask(amap, score, offset, pixel_threshold):
@@ -189,10 +209,82 @@ def anomaly_mask(amap, score, offset, pixel_threshold):
     amap = np.asarray(amap)
     if not score < offset:
         return np.zeros(amap.shape, bool)
-    mask = amap > pixel_threshold
-    if not mask.any():  # flagged, yet nothing above the pixel threshold: its peak
-        mask = amap >= amap.max()
-    return mask
+    level = level_of(amap, offset, pixel_threshold)
+    above = amap > level
+    if not above.any():  # nothing above the level: the map's maximum
+        return amap >= amap.max()
+    labels, _ = label(above)
+    reached = np.unique(labels[_seeds(amap, offset) & above])
+    return np.isin(labels, reached[reached > 0])
+
+
+class Levels(NamedTuple):
+    """How one image's mask moves with the pixel threshold ``p`` (for calibration):
+    ``anomaly_mask(amap, score, offset, p)`` is ``levels > p`` while ``p < switch``,
+    and ``fallback`` from ``switch`` on; nothing at all unless ``flagged``."""
+
+    flagged: bool
+    levels: np.ndarray  # the map's shape and dtype; -inf where a pixel is never part of it
+    switch: float
+    fallback: np.ndarray  # bool, the map's shape
+
+
+def levels(amap, score, offset):
+    """The :class:`Levels` of one image under the rule of :func:`anomaly_mask`.
+
+    A pixel is in the mask at ``p`` when it is above ``max(p, L)`` (``L`` the
+    image's relative level) and joined to a seed through pixels above it: when
+    the highest path from it to a seed has its lowest pixel above ``max(p, L)``.
+    That lowest value is found for every pixel above ``L`` at once, the pixels
+    joined from the highest down (a union-find).
+    """
+    amap = np.asarray(amap)
+    out = np.full(amap.shape, -np.inf, amap.dtype)
+    if not score < offset:
+        return Levels(False, out, -np.inf, np.zeros(amap.shape, bool))
+    low = level_of(amap, offset, -np.inf)  # L: the level while p is below it
+    peak = float(amap.max())
+    fallback = amap >= amap.max()
+    switch = peak if peak > low else -np.inf  # from L >= peak on, the fallback at any p
+    h, w = amap.shape
+    flat = amap.ravel()
+    order = np.flatnonzero(flat > low)
+    order = order[np.argsort(-flat[order], kind="stable")]
+    seeds = _seeds(amap, offset).ravel()
+    parent = np.full(flat.size, -1, np.int64)
+    members = {}  # root -> pixels of a component that holds no seed yet
+    levels_ = out.ravel()
+
+    def find(i):
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    for i in order.tolist():
+        value = flat[i]
+        parent[i] = i
+        if seeds[i]:
+            levels_[i] = value
+        else:
+            members[i] = [i]
+        y, x = divmod(i, w)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                yy, xx = y + dy, x + dx
+                if (dy or dx) and 0 <= yy < h and 0 <= xx < w and parent[yy * w + xx] >= 0:
+                    a, b = find(i), find(yy * w + xx)
+                    if a == b:
+                        continue
+                    ma, mb = members.pop(a, None), members.pop(b, None)
+                    parent[b] = a
+                    if ma is not None and mb is not None:  # neither reaches a seed yet
+                        members[a] = ma + mb if len(ma) >= len(mb) else mb + ma
+                    elif ma is not None or mb is not None:  # one of them reaches one from here on
+                        levels_[ma if ma is not None else mb] = value
+    return Levels(True, levels_.reshape(amap.shape), switch, fallback)
 
 
 # ---------------------------------------------------------------- regions

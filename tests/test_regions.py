@@ -266,3 +266,122 @@ def test_score_images_gives_the_detectors_regions_and_masks(det, X, tmp_path):
         assert r.map is None
     plain = list(score_images(det, paths))
     assert all(r.regions is None and r.mask is None for r in plain)
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def slow_mask(amap, score, offset, pixel_threshold):
+    """The rule written out with scipy: the regions of map > level that reach a seed."""
+    if not score < offset:
+        return np.zeros(amap.shape, bool)
+    t = -offset
+    level = amap.dtype.type(max(pixel_threshold, float(np.median(amap)) + 0.75 * (float(amap.max()) - t)))
+    labels, n = ndimage.label(amap > level, structure=EIGHT)
+    if n == 0:
+        return amap == amap.max()
+    seeds = amap > amap.dtype.type(t)
+    if not seeds.any():
+        seeds = amap == amap.max()
+    keep = {int(v) for v in labels[seeds]} - {0}
+    return np.isin(labels, sorted(keep))
+
+
+def random_maps(rng, n, shape=(24, 30)):
+    """Smooth maps with a bump or two, as anomaly maps of flagged and normal images look."""
+    out = []
+    for _ in range(n):
+        m = 3 + smooth_field(rng, shape, 2.0) * 4
+        for _ in range(rng.integers(0, 3)):
+            y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+            yy, xx = np.mgrid[:shape[0], :shape[1]]
+            m += rng.uniform(2, 8) * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * rng.uniform(1, 4) ** 2))
+        out.append(m.astype(np.float32))
+    return out
+
+
+def test_rule_equals_a_slow_reference_and_its_levels():
+    rng = np.random.default_rng(0)
+    maps = random_maps(rng, 40)
+    for i, m in enumerate(maps):
+        peak = float(m.max())
+        for offset in (-peak * 0.6, -peak * 0.95, -peak * 1.01, -float(np.median(m))):
+            score = -peak
+            lv = _regions.levels(m, score, offset)
+            assert lv.flagged == (score < offset)
+            for p in (-1e9, 0.0, float(np.quantile(m, 0.5)), float(np.quantile(m, 0.9)), float(np.quantile(m, 0.99)),
+                      peak, peak + 1, float(m.ravel()[rng.integers(m.size)])):
+                mask = _regions.anomaly_mask(m, score, offset, p)
+                np.testing.assert_array_equal(mask, slow_mask(m, score, offset, p))
+                from_levels = (lv.levels > m.dtype.type(p)) if p < lv.switch else lv.fallback
+                np.testing.assert_array_equal(mask, from_levels if lv.flagged else np.zeros(m.shape, bool))
+                assert mask.any() == lv.flagged  # flagged: at least one pixel; normal: none
+
+
+def test_a_region_must_reach_the_image_threshold():
+    amap = np.zeros((30, 30), np.float32)
+    amap[2:6, 2:6] = 5.0
+    amap[3, 3] = 9.0
+    amap[15:20, 15:20] = 4.0  # above the pixel threshold, but never above the image threshold
+    mask = _regions.anomaly_mask(amap, -9.0, -6.0, 3.0)
+    assert mask[2:6, 2:6].all() and not mask[15:20, 15:20].any()
+    # a map resized below the image threshold: the regions reach its maximum instead
+    mask = _regions.anomaly_mask(amap, -10.0, -9.5, 3.0)
+    assert mask[2:6, 2:6].all() and not mask[15:20, 15:20].any()
+
+
+def test_calibrate_pixel_threshold_against_a_brute_force_search(det, X):
+    from skpadim.metrics import calibrate_pixel_threshold, pixel_f1_score
+    from skpadim.metrics._scorers import best_pixel_threshold
+
+    rng = np.random.default_rng(1)
+    maps = random_maps(rng, 6, (12, 16))
+    scores = np.array([-float(m.max()) for m in maps])
+    offset = float(np.median(scores))  # half of them flagged
+    true = [m > np.quantile(m, 0.85) + rng.normal(0, 0.3, m.shape) for m in maps]
+    threshold, f1 = best_pixel_threshold(maps, scores, true, offset)
+
+    def f1_at(p):  # the masks the detector would output at pixel threshold p, counted by hand
+        tp = fp = 0
+        for m, s, t in zip(maps, scores, true):
+            pred = _regions.anomaly_mask(m, s, offset, p)
+            tp, fp = tp + np.count_nonzero(pred & t), fp + np.count_nonzero(pred & ~t)
+        return 2 * tp / (tp + fp + sum(np.count_nonzero(t) for t in true))
+
+    values = np.unique(np.concatenate([m.ravel() for m in maps]))
+    brute = max(f1_at(float(p)) for p in np.concatenate([[values[0] - 1], values]))
+    assert f1 == pytest.approx(brute, abs=1e-12) and f1_at(threshold) == pytest.approx(f1, abs=1e-12)
+    # on a detector: its masks reach the best F1, nothing else moves
+    masks = [np.zeros((32, 32), bool)] * 6 + [m > 0 for m in defective(6)[..., 0] - textured(6, seed=3)[..., 0]]
+    before = (det.offset_, det.pixel_threshold_)
+    try:
+        assert calibrate_pixel_threshold(det, X, masks) is det
+        maps, scores = det.anomaly_map(X, return_scores=True)
+        assert det.offset_ == before[0]
+        assert pixel_f1_score(masks, det.anomaly_mask(X)) == pytest.approx(
+            best_pixel_threshold(maps, scores, masks, det.offset_)[1])
+    finally:
+        det.offset_, det.pixel_threshold_ = before
+
+
+def test_calibrate_pixel_threshold_refuses_bad_masks_and_changes_nothing(det, X):
+    from skpadim.metrics import calibrate_pixel_threshold
+
+    good = np.zeros((12, 32, 32), bool)
+    good[6:, 10:15, 10:15] = True
+    before = det.pixel_threshold_
+    with pytest.raises(ValueError, match="masks holds 11 masks but X holds 12 images"):
+        calibrate_pixel_threshold(det, X, good[:11])
+    with pytest.raises(ValueError, match=r"masks\[3\] has shape \(32, 31\) but image 3 of X is 32 x 32"):
+        calibrate_pixel_threshold(det, X, [m[:, :31] if i == 3 else m for i, m in enumerate(good)])
+    with pytest.raises(ValueError, match=r"masks\[6\] must be boolean or hold only 0"):
+        calibrate_pixel_threshold(det, X, good * 2)
+    with pytest.raises(ValueError, match="every mask is empty"):
+        calibrate_pixel_threshold(det, X, np.zeros_like(good))
+    with pytest.raises(ValueError, match="3-D array"):
+        calibrate_pixel_threshold(det, X, good[0])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        calibrate_pixel_threshold(PadimDetector(), X, good)
+    assert det.pixel_threshold_ == before

@@ -63,6 +63,7 @@ from ._pixel import (
     pro_curve,
 )
 from ._scorers import (
+    calibrate_pixel_threshold,
     calibrate_threshold,
     f1_max_scorer,
     get_scorer,
@@ -72,6 +73,7 @@ from ._scorers import (
 
 __all__ = [
     "aupro",
+    "calibrate_pixel_threshold",
     "calibrate_threshold",
     "f1_max",
     "f1_max_scorer",
