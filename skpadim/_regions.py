@@ -110,11 +110,74 @@ def check_pixel_threshold(value):
 # ---------------------------------------------------------------- labelling
 
 
-def _runs(row):
-    """(starts, ends) of the runs of True in a 1-D boolean array, ends excluded."""
-    padded = np.concatenate(([False], row, [False]))
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return edges[0::2], edges[1::2]
+class _Runs(NamedTuple):
+    """The runs of True of a 2-D mask in raster order (ends excluded), and the
+    8-connected component of each, numbered 0..n-1 in raster order of the
+    components' first pixels."""
+
+    y: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    comp: np.ndarray
+    n: int
+    width: int
+
+    def pixels(self):
+        """``(flat indices of every run's pixels in raster order, start of each run in them)``."""
+        lengths = self.end - self.start
+        offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        first = self.y * self.width + self.start
+        return np.repeat(first - offsets, lengths) + np.arange(int(lengths.sum())), offsets
+
+    def subset(self, keep_comp):
+        """The runs of the components where ``keep_comp`` (a boolean per component) holds,
+        renumbered in the same order."""
+        keep = keep_comp[self.comp]
+        number = np.cumsum(keep_comp) - 1
+        return _Runs(self.y[keep], self.start[keep], self.end[keep], number[self.comp[keep]],
+                     int(keep_comp.sum()), self.width)
+
+    def mask(self, shape):
+        out = np.zeros(shape, bool)
+        out.ravel()[self.pixels()[0]] = True
+        return out
+
+
+def _components(mask):
+    """The :class:`_Runs` of ``mask``: runs found for the whole image at once, joined by a
+    union-find over runs (each run meets the runs of the row above that touch it)."""
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), bool)
+    padded[:, 1:-1] = mask
+    ys, xs = np.nonzero(padded[:, 1:] != padded[:, :-1])  # raster order: start, end, start...
+    y, start, end = ys[0::2], xs[0::2], xs[1::2]
+    ylist, alist, blist = y.tolist(), start.tolist(), end.tolist()
+    parent = list(range(len(ylist)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    row = -2
+    lo = hi = j = first = 0  # the previous row's runs are [lo, hi)
+    for i, (yi, a, b) in enumerate(zip(ylist, alist, blist)):
+        if yi != row:
+            lo, hi = (first, i) if yi == row + 1 else (i, i)
+            j, first, row = lo, i, yi
+        # 8-connectivity: a run above touches this one when it covers a column of [a - 1, b].
+        while j < hi and blist[j] < a:
+            j += 1
+        k = j
+        while k < hi and alist[k] <= b:
+            ra, rb = find(i), find(k)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)  # the root is the component's first run
+            k += 1
+    roots = np.array([find(i) for i in range(len(parent))], np.int64)
+    _, comp = np.unique(roots, return_inverse=True)  # roots in raster order of first runs
+    return _Runs(y, start, end, comp.reshape(-1), int(comp.max()) + 1 if comp.size else 0, w)
 
 
 def label(mask):
@@ -130,46 +193,11 @@ def label(mask):
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}.")
-    parent = []
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    runs = []  # (row, start, end, run id)
-    prev = []  # runs of the previous row: (start, end, id)
-    for y in np.flatnonzero(mask.any(axis=1)).tolist():
-        if runs and runs[-1][0] != y - 1:
-            prev = []  # an empty row in between: nothing above touches
-        starts, ends = _runs(mask[y])
-        cur = []
-        j = 0
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            rid = len(parent)
-            parent.append(rid)
-            # 8-connectivity: a run of the row above touches [a - 1, b] (b excluded: b + 1).
-            while j < len(prev) and prev[j][1] < a:  # ends before a - 1 + 1: cannot touch
-                j += 1
-            k = j
-            while k < len(prev) and prev[k][0] <= b:
-                ra, rb = find(rid), find(prev[k][2])
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-                k += 1
-            cur.append((a, b, rid))
-            runs.append((y, a, b, rid))
-        prev = cur
+    runs = _components(mask)
     labels = np.zeros(mask.shape, np.int32)
-    numbers_ = {}
-    for y, a, b, rid in runs:  # raster order: numbered by first pixel
-        root = find(rid)
-        number = numbers_.get(root)
-        if number is None:
-            number = numbers_[root] = len(numbers_) + 1
-        labels[y, a:b] = number
-    return labels, len(numbers_)
+    idx, _ = runs.pixels()
+    labels.ravel()[idx] = np.repeat(runs.comp + 1, runs.end - runs.start)
+    return labels, runs.n
 
 
 # ---------------------------------------------------------------- the rule
@@ -207,15 +235,21 @@ def anomaly_mask(amap, score, offset, pixel_threshold):
     ``score`` is the image's ``score_samples``: empty unless ``score < offset``.
     """
     amap = np.asarray(amap)
+    runs = _cut(amap, score, offset, pixel_threshold)
+    return np.zeros(amap.shape, bool) if runs is None else runs.mask(amap.shape)
+
+
+def _cut(amap, score, offset, pixel_threshold):
+    """The :class:`_Runs` of the mask of :func:`anomaly_mask`; None for an image not flagged."""
     if not score < offset:
-        return np.zeros(amap.shape, bool)
-    level = level_of(amap, offset, pixel_threshold)
-    above = amap > level
+        return None
+    above = amap > level_of(amap, offset, pixel_threshold)
     if not above.any():  # nothing above the level: the map's maximum
-        return amap >= amap.max()
-    labels, _ = label(above)
-    reached = np.unique(labels[_seeds(amap, offset) & above])
-    return np.isin(labels, reached[reached > 0])
+        return _components(amap >= amap.max())
+    runs = _components(above)
+    idx, offsets = runs.pixels()
+    reaches = np.logical_or.reduceat(_seeds(amap, offset).ravel()[idx], offsets)
+    return runs.subset(np.bincount(runs.comp, weights=reaches, minlength=runs.n) > 0)
 
 
 class Levels(NamedTuple):
@@ -296,56 +330,55 @@ def defect_regions(amap, mask, min_region_area=0):
     Regions smaller than ``min_region_area`` pixels are dropped, but for the
     largest one (a non-empty mask keeps at least one region).
     """
-    return _regions(amap, mask, min_region_area)[0]
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}.")
+    return _regions(np.asarray(amap), _components(mask), min_region_area)[0]
 
 
-def _regions(amap, mask, min_region_area):
-    """``(regions, labels, kept label numbers)``; labels is None for an empty mask."""
-    amap = np.asarray(amap)
-    labels, n = label(mask)
+def _regions(amap, runs, min_region_area):
+    """``(regions, kept)``: the regions of the components of ``runs`` over ``amap``, and
+    a boolean per component (False for those ``min_region_area`` drops)."""
+    n = runs.n
     if n == 0:
-        return [], None, []
-    flat = labels.ravel()
-    inside = flat > 0
-    ids = flat[inside] - 1
-    values = amap.ravel()[inside].astype(np.float64)
-    ys, xs = np.divmod(np.flatnonzero(inside), amap.shape[1])
-    area = np.bincount(ids, minlength=n)
-    total = np.bincount(ids, weights=values, minlength=n)
-    cy = np.bincount(ids, weights=ys, minlength=n) / area
-    cx = np.bincount(ids, weights=xs, minlength=n) / area
+        return [], np.zeros(0, bool)
+    idx, offsets = runs.pixels()
+    values = amap.ravel()[idx].astype(np.float64)
+    lengths = runs.end - runs.start
+    comp = runs.comp
+    area = np.bincount(comp, weights=lengths, minlength=n).astype(np.int64)
+    total = np.bincount(comp, weights=np.add.reduceat(values, offsets), minlength=n)
+    cy = np.bincount(comp, weights=runs.y * lengths, minlength=n) / area
+    cx = np.bincount(comp, weights=(runs.start + runs.end - 1) * lengths / 2, minlength=n) / area
     peak = np.full(n, -np.inf)
-    np.maximum.at(peak, ids, values)
-    x0 = np.full(n, np.iinfo(np.int64).max)
-    y0 = np.full(n, np.iinfo(np.int64).max)
-    np.minimum.at(x0, ids, xs)
-    np.minimum.at(y0, ids, ys)
-    x1 = np.zeros(n, np.int64)
-    y1 = np.zeros(n, np.int64)
-    np.maximum.at(x1, ids, xs + 1)
-    np.maximum.at(y1, ids, ys + 1)
+    np.maximum.at(peak, comp, np.maximum.reduceat(values, offsets))
+    big = np.iinfo(np.int64).max
+    x0, y0, x1, y1 = np.full(n, big), np.full(n, big), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    np.minimum.at(x0, comp, runs.start)
+    np.minimum.at(y0, comp, runs.y)
+    np.maximum.at(x1, comp, runs.end)
+    np.maximum.at(y1, comp, runs.y + 1)
     order = sorted(range(n), key=lambda k: (-area[k], -peak[k], y0[k], x0[k]))
-    out, kept = [], []
+    out, kept = [], np.zeros(n, bool)
     for rank, k in enumerate(order):
         if rank and area[k] < min_region_area:
             continue
-        kept.append(k + 1)
+        kept[k] = True
         out.append(Region((int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])), int(area[k]),
                           (float(cx[k]), float(cy[k])), float(peak[k]), float(total[k] / area[k])))
-    return out, labels, kept
+    return out, kept
 
 
 def localize(amap, score, settings):
     """``(mask, regions)`` of one image: its map at its own size, its ``score_samples``,
     a :class:`Settings`. The mask is the union of the regions (``min_region_area``
     applied to both)."""
-    mask = anomaly_mask(amap, score, settings.offset, settings.pixel_threshold)
-    if not mask.any():
-        return mask, []
-    regions, labels, kept = _regions(amap, mask, settings.min_region_area)
-    if len(kept) < int(labels.max()):
-        mask = np.isin(labels, kept)
-    return mask, regions
+    amap = np.asarray(amap)
+    runs = _cut(amap, score, settings.offset, settings.pixel_threshold)
+    if runs is None:
+        return np.zeros(amap.shape, bool), []
+    regions, kept = _regions(amap, runs, settings.min_region_area)
+    return (runs if kept.all() else runs.subset(kept)).mask(amap.shape), regions
 
 
 def masks(maps, scores, offset, pixel_threshold):
