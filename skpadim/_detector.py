@@ -150,11 +150,17 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         ``decision_function = score_samples - offset_``; may be set.
     pixel_threshold_ : float
-        Pixels of a flagged image whose anomaly map is above it form its
-        defect mask (:meth:`anomaly_mask`, :meth:`defect_regions`). Fitted
-        without labels from the held-out calibration images' maps; set it,
-        or fit it to labelled masks with
+        The floor of the anomaly-map level that cuts a flagged image's map
+        into its defect mask (:meth:`anomaly_mask`, :meth:`defect_regions`):
+        ``max(pixel_threshold_, median + 0.75 * (peak - pixel_anchor_))``,
+        keeping the regions that reach ``-offset_`` (docs/conventions.md).
+        Fitted without labels: the median peak of the held-out calibration
+        images' maps. Set it, or fit it to labelled masks with
         :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting.
+    pixel_anchor_ : float
+        The image threshold of contamination='auto' of the held-out images,
+        from which the relative part of a mask's level is measured; fixed
+        by the fit.
     device_ : torch.device
         Where the computation runs.
     fitted_params_ : dict
@@ -296,6 +302,13 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def pixel_threshold_(self, value):
         state = _fitted_state(self)
         state.pixel_threshold = _regions.check_pixel_threshold(value)
+
+    @property
+    def pixel_anchor_(self):
+        """The level the relative part of a mask's level is measured from: the image
+        threshold of contamination='auto' of the held-out calibration images, fixed by
+        the fit (``recalibrate`` and ``calibrate_threshold`` move ``offset_``, not it)."""
+        return -_fitted_state(self).offset_for("auto")
 
     def fit(self, X, y=None):
         """Fit the per-position Gaussians on normal images.
@@ -482,7 +495,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     def _localize(self, X):
         """``(masks, regions)``: one list of each, from one pass over ``X``."""
         state, images = self._predict_input(X)
-        settings = _regions.Settings(state.offset, state.pixel_threshold, self.min_region_area)
+        settings = _regions.Settings(state.offset, state.pixel_threshold, -state.offset_for("auto"),
+                                     self.min_region_area)
         maps, scores = inference.anomaly_map(state, images, self.batch_size, self.verbose)
         found = [_regions.localize(m, s, settings) for m, s in zip(maps, scores)]
         return [m for m, _ in found], [r for _, r in found]

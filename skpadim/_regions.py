@@ -1,23 +1,32 @@
 """Defect masks and regions from anomaly maps (numpy only: the estimator, the runtime, the CLI).
 
-A pixel is anomalous when its map value is above the pixel threshold
-(``pixel_threshold_``, in anomaly-map units; strictly above, as an image is
-flagged when its score is strictly above the image threshold). A region is
-an 8-connected component of the mask. Masks and regions follow ``predict``:
+The rule that cuts one image's map ``M`` (with ``t = -offset_``, the image
+threshold, and two levels fitted without labels, in map units):
 
-* an image ``predict`` calls normal has an empty mask and no region;
-* an image it flags has at least one region: if no pixel of its map is
-  above the pixel threshold, its mask is the pixels at its map's maximum
-  (the pixel that made it anomalous), so a flagged image never comes back
-  without a place;
-* ``min_region_area`` drops regions smaller than that many pixels from the
-  regions and from the mask, but never the largest region of a flagged
-  image.
+* an image ``predict`` calls normal (``score_samples >= offset_``) has an
+  empty mask and no region;
+* a flagged image's mask is the 8-connected regions of ``M > level`` that
+  hold a pixel above ``t`` (or the map's maximum, for a map resized below
+  ``t``), with ``level = max(pixel_threshold_, median(M) + 0.75 * (max(M) -
+  pixel_anchor_))``; if no pixel is above the level, the pixels at the
+  map's maximum (the place that made it anomalous), so that a flagged
+  image never comes back without a place and masks only grow as
+  ``pixel_threshold_`` falls;
+* ``min_region_area`` then drops regions smaller than that many pixels
+  from the regions and from the mask, but never the largest.
+
+``pixel_threshold_`` (:func:`fit_pixel_threshold`) is the median peak of the
+held-out normal maps that set ``offset_``; ``pixel_anchor_`` is the image
+threshold of contamination='auto' of the same images, fixed by the fit. The
+relative part outlines a strong defect tightly whatever its peak; the floor
+decides for the images flagged by a small margin; the regions must reach
+``t`` so that the broad, raised parts of a normal-looking map stay out.
+A region is an 8-connected component of the mask (:class:`Region`).
 
 Everything here works on one map as :meth:`~skpadim.PadimDetector.anomaly_map`
 returns it (at the image's own size) and the image's ``score_samples``, with
-the detector's public ``offset_``, ``pixel_threshold_`` and
-``min_region_area`` (:func:`settings_of`): the estimator, the runtime, the
+the detector's public ``offset_``, ``pixel_threshold_``, ``pixel_anchor_``
+and ``min_region_area`` (:func:`settings_of`): the estimator, the runtime, the
 cluster's workers and the command line compute the same masks from the same
 maps.
 
@@ -76,19 +85,22 @@ class Settings(NamedTuple):
     """What turns a map and its image's score into a mask: a detector's fitted thresholds.
 
     ``offset``: ``offset_`` (an image is flagged when its ``score_samples`` is
-    below it); ``pixel_threshold``: ``pixel_threshold_`` (map units);
-    ``min_region_area``: regions smaller than this are dropped.
+    below it, and its regions must reach ``t = -offset``); ``pixel_threshold``:
+    ``pixel_threshold_``, the floor of the level (map units); ``anchor``:
+    ``pixel_anchor_``, the level the relative part of the level is measured
+    from; ``min_region_area``: regions smaller than this are dropped.
     """
 
     offset: float
     pixel_threshold: float
+    anchor: float
     min_region_area: int = 0
 
 
 def settings_of(detector):
     """The :class:`Settings` of a fitted detector (a PadimDetector or an exported one),
     read from its public attributes once, so that a batch uses one set of values."""
-    return Settings(float(detector.offset_), float(detector.pixel_threshold_),
+    return Settings(float(detector.offset_), float(detector.pixel_threshold_), float(detector.pixel_anchor_),
                     check_min_region_area(detector.min_region_area, type(detector).__name__))
 
 
@@ -207,11 +219,13 @@ def label(mask):
 PEAK_FRACTION = 0.75
 
 
-def fit_pixel_threshold(maps, calibration_scores, offset):
-    """The label-free ``pixel_threshold_``: the median of the peaks of the held-out
-    normal images' maps (k, H, W), in map units."""
-    maps = np.asarray(maps)
-    return float(np.median(maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)))
+def fit_pixel_threshold(peaks):
+    """The label-free ``pixel_threshold_``: the median of the maxima ``peaks`` (k,) of the
+    maps of the held-out normal images that set ``offset_``, in map units. (The rule's
+    other fitted level, ``pixel_anchor_``, is the image threshold of
+    contamination='auto' of the same images: the detectors read it from their
+    calibration.)"""
+    return float(np.median(np.asarray(peaks, dtype=np.float64)))
 
 
 def _seeds(amap, offset):
@@ -221,40 +235,40 @@ def _seeds(amap, offset):
     return seeds if seeds.any() else amap >= amap.max()
 
 
-def level_of(amap, offset, pixel_threshold):
-    """The level of one flagged image's mask, ``max(pixel_threshold, median + f (peak - t))``
-    with ``t = -offset``, in the map's dtype (the comparisons with it are exact)."""
-    peak = float(amap.max())
-    relative = float(np.median(amap)) + PEAK_FRACTION * (peak + float(offset))
+def level_of(amap, settings, pixel_threshold):
+    """The level of one flagged image's mask, ``max(pixel_threshold, median + f (peak - anchor))``,
+    in the map's dtype (the comparisons with it are exact)."""
+    relative = float(np.median(amap)) + PEAK_FRACTION * (float(amap.max()) - float(settings.anchor))
     return amap.dtype.type(max(float(pixel_threshold), relative))
 
 
-def anomaly_mask(amap, score, offset, pixel_threshold):
+def anomaly_mask(amap, score, settings):
     """The mask of one map before ``min_region_area`` (see the module docstring).
 
-    ``score`` is the image's ``score_samples``: empty unless ``score < offset``.
+    ``score`` is the image's ``score_samples``: empty unless ``score < settings.offset``.
     """
     amap = np.asarray(amap)
-    runs = _cut(amap, score, offset, pixel_threshold)
+    runs = _cut(amap, score, settings)
     return np.zeros(amap.shape, bool) if runs is None else runs.mask(amap.shape)
 
 
-def _cut(amap, score, offset, pixel_threshold):
+def _cut(amap, score, settings):
     """The :class:`_Runs` of the mask of :func:`anomaly_mask`; None for an image not flagged."""
-    if not score < offset:
+    if not score < settings.offset:
         return None
-    above = amap > level_of(amap, offset, pixel_threshold)
+    above = amap > level_of(amap, settings, settings.pixel_threshold)
     if not above.any():  # nothing above the level: the map's maximum
         return _components(amap >= amap.max())
     runs = _components(above)
     idx, offsets = runs.pixels()
-    reaches = np.logical_or.reduceat(_seeds(amap, offset).ravel()[idx], offsets)
+    reaches = np.logical_or.reduceat(_seeds(amap, settings.offset).ravel()[idx], offsets)
     return runs.subset(np.bincount(runs.comp, weights=reaches, minlength=runs.n) > 0)
 
 
 class Levels(NamedTuple):
     """How one image's mask moves with the pixel threshold ``p`` (for calibration):
-    ``anomaly_mask(amap, score, offset, p)`` is ``levels > p`` while ``p < switch``,
+    ``anomaly_mask(amap, score, settings._replace(pixel_threshold=p))`` is ``levels > p``
+    while ``p < switch``,
     and ``fallback`` from ``switch`` on; nothing at all unless ``flagged``."""
 
     flagged: bool
@@ -263,7 +277,7 @@ class Levels(NamedTuple):
     fallback: np.ndarray  # bool, the map's shape
 
 
-def levels(amap, score, offset):
+def levels(amap, score, settings):
     """The :class:`Levels` of one image under the rule of :func:`anomaly_mask`.
 
     A pixel is in the mask at ``p`` when it is above ``max(p, L)`` (``L`` the
@@ -274,9 +288,9 @@ def levels(amap, score, offset):
     """
     amap = np.asarray(amap)
     out = np.full(amap.shape, -np.inf, amap.dtype)
-    if not score < offset:
+    if not score < settings.offset:
         return Levels(False, out, -np.inf, np.zeros(amap.shape, bool))
-    low = level_of(amap, offset, -np.inf)  # L: the level while p is below it
+    low = level_of(amap, settings, -np.inf)  # L: the level while p is below it
     peak = float(amap.max())
     fallback = amap >= amap.max()
     switch = peak if peak > low else -np.inf  # from L >= peak on, the fallback at any p
@@ -284,7 +298,7 @@ def levels(amap, score, offset):
     flat = amap.ravel()
     order = np.flatnonzero(flat > low)
     order = order[np.argsort(-flat[order], kind="stable")]
-    seeds = _seeds(amap, offset).ravel()
+    seeds = _seeds(amap, settings.offset).ravel()
     parent = np.full(flat.size, -1, np.int64)
     members = {}  # root -> pixels of a component that holds no seed yet
     levels_ = out.ravel()
@@ -374,17 +388,11 @@ def localize(amap, score, settings):
     a :class:`Settings`. The mask is the union of the regions (``min_region_area``
     applied to both)."""
     amap = np.asarray(amap)
-    runs = _cut(amap, score, settings.offset, settings.pixel_threshold)
+    runs = _cut(amap, score, settings)
     if runs is None:
         return np.zeros(amap.shape, bool), []
     regions, kept = _regions(amap, runs, settings.min_region_area)
     return (runs if kept.all() else runs.subset(kept)).mask(amap.shape), regions
-
-
-def masks(maps, scores, offset, pixel_threshold):
-    """Boolean masks of ``maps`` (each image's own size), flagged as ``predict`` flags:
-    ``scores`` are ``score_samples``, an image is flagged when its score is below ``offset``."""
-    return [anomaly_mask(m, s, offset, pixel_threshold) for m, s in zip(maps, scores)]
 
 
 # ---------------------------------------------------------------- for pictures and files

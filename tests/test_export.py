@@ -70,6 +70,7 @@ def test_masks_and_regions_equal_the_estimators(det, exported, data):
     X_test = data[1]
     runtime = OnnxDetector(exported, batch_size=5)
     assert runtime.pixel_threshold_ == det.pixel_threshold_ and runtime.min_region_area == 0
+    assert runtime.pixel_anchor_ == det.pixel_anchor_
     masks, eager = runtime.anomaly_mask(X_test), det.anomaly_mask(X_test)
     assert masks.shape == eager.shape == (12, 48, 48) and masks.dtype == bool
     assert (masks != eager).mean() < 1e-3  # a pixel at the level may fall either side
@@ -94,9 +95,9 @@ def test_masks_and_regions_equal_the_estimators(det, exported, data):
     with pytest.raises(ValueError, match="'min_region_area' parameter of OnnxDetector must be an int"):
         runtime.defect_regions(X_test)
     # A file exported before pixel thresholds: the image threshold, no region dropped.
-    old = {k: v for k, v in runtime.config_.items() if k not in ("pixel_threshold", "min_region_area")}
+    old = {k: v for k, v in runtime.config_.items() if k not in ("pixel_threshold", "pixel_anchor", "min_region_area")}
     type(runtime).__mro__[1].__init__(runtime, runtime.path, old, runtime._engine, 32, None)
-    assert runtime.pixel_threshold_ == -runtime.offset_ and runtime.min_region_area == 0
+    assert runtime.pixel_threshold_ == runtime.pixel_anchor_ == -runtime.offset_ and runtime.min_region_area == 0
 
 
 def test_maps_at_each_inputs_own_size_lists_paths_and_floats(det, exported, data, tmp_path):
@@ -140,6 +141,7 @@ def test_metadata_travels_in_the_file(det, exported):
     config = json.loads(meta["skpadim.config"])
     assert config["offset"] == det.offset_
     assert config["pixel_threshold"] == det.pixel_threshold_ and config["min_region_area"] == 0
+    assert config["pixel_anchor"] == det.pixel_anchor_ == -det.offset_for("auto")
     assert config["image_size"] == [32, 32]
     assert config["normalize"] == [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
     assert config["n_channels_in"] == 3 and config["n_features"] == 30

@@ -98,6 +98,7 @@ def assert_same_predictions(model, ref, images):
     np.testing.assert_allclose(got_scores, scores, rtol=1e-5)
     assert model.offset_ == pytest.approx(ref.offset_, rel=1e-6)
     assert model.pixel_threshold_ == pytest.approx(ref.pixel_threshold_, rel=1e-5)
+    assert model.pixel_anchor_ == pytest.approx(ref.pixel_anchor_, rel=1e-5)
     assert model.min_region_area == ref.min_region_area
     np.testing.assert_array_equal(model.predict(images), ref.predict(images))
     # The path's regions come from its maps by the shared rule, and are the reference's.

@@ -75,7 +75,7 @@ def test_localize_follows_the_image_decision_and_min_region_area():
     amap[2:8, 3:10] = 5.0  # 42 pixels
     amap[15, 25] = 4.0  # a speck
     amap[4, 4] = 6.0  # the peak
-    keep_all = _regions.Settings(offset=-3.0, pixel_threshold=1.0)
+    keep_all = _regions.Settings(offset=-3.0, pixel_threshold=1.0, anchor=3.0)
     # score_samples -6 < offset -3: flagged
     mask, regions = _regions.localize(amap, -6.0, keep_all)
     assert [r.area for r in regions] == [42, 1] and mask.sum() == 43
@@ -271,12 +271,12 @@ def test_score_images_gives_the_detectors_regions_and_masks(det, X, tmp_path):
 # ------------------------------------------------------------------ the rule
 
 
-def slow_mask(amap, score, offset, pixel_threshold):
+def slow_mask(amap, score, offset, pixel_threshold, anchor):
     """The rule written out with scipy: the regions of map > level that reach a seed."""
     if not score < offset:
         return np.zeros(amap.shape, bool)
     t = -offset
-    level = amap.dtype.type(max(pixel_threshold, float(np.median(amap)) + 0.75 * (float(amap.max()) - t)))
+    level = amap.dtype.type(max(pixel_threshold, float(np.median(amap)) + 0.75 * (float(amap.max()) - anchor)))
     labels, n = ndimage.label(amap > level, structure=EIGHT)
     if n == 0:
         return amap == amap.max()
@@ -305,14 +305,16 @@ def test_rule_equals_a_slow_reference_and_its_levels():
     maps = random_maps(rng, 40)
     for i, m in enumerate(maps):
         peak = float(m.max())
-        for offset in (-peak * 0.6, -peak * 0.95, -peak * 1.01, -float(np.median(m))):
+        for offset, anchor in ((-peak * 0.6, peak * 0.6), (-peak * 0.95, peak * 0.8), (-peak * 1.01, peak * 1.2),
+                               (-float(np.median(m)), peak * 0.5)):
             score = -peak
-            lv = _regions.levels(m, score, offset)
+            settings = _regions.Settings(offset, 0.0, anchor)
+            lv = _regions.levels(m, score, settings)
             assert lv.flagged == (score < offset)
             for p in (-1e9, 0.0, float(np.quantile(m, 0.5)), float(np.quantile(m, 0.9)), float(np.quantile(m, 0.99)),
                       peak, peak + 1, float(m.ravel()[rng.integers(m.size)])):
-                mask = _regions.anomaly_mask(m, score, offset, p)
-                np.testing.assert_array_equal(mask, slow_mask(m, score, offset, p))
+                mask = _regions.anomaly_mask(m, score, settings._replace(pixel_threshold=p))
+                np.testing.assert_array_equal(mask, slow_mask(m, score, offset, p, anchor))
                 from_levels = (lv.levels > m.dtype.type(p)) if p < lv.switch else lv.fallback
                 np.testing.assert_array_equal(mask, from_levels if lv.flagged else np.zeros(m.shape, bool))
                 assert mask.any() == lv.flagged  # flagged: at least one pixel; normal: none
@@ -323,10 +325,10 @@ def test_a_region_must_reach_the_image_threshold():
     amap[2:6, 2:6] = 5.0
     amap[3, 3] = 9.0
     amap[15:20, 15:20] = 4.0  # above the pixel threshold, but never above the image threshold
-    mask = _regions.anomaly_mask(amap, -9.0, -6.0, 3.0)
+    mask = _regions.anomaly_mask(amap, -9.0, _regions.Settings(-6.0, 3.0, 6.0))
     assert mask[2:6, 2:6].all() and not mask[15:20, 15:20].any()
     # a map resized below the image threshold: the regions reach its maximum instead
-    mask = _regions.anomaly_mask(amap, -10.0, -9.5, 3.0)
+    mask = _regions.anomaly_mask(amap, -10.0, _regions.Settings(-9.5, 3.0, 6.0))
     assert mask[2:6, 2:6].all() and not mask[15:20, 15:20].any()
 
 
@@ -338,13 +340,14 @@ def test_calibrate_pixel_threshold_against_a_brute_force_search(det, X):
     maps = random_maps(rng, 6, (12, 16))
     scores = np.array([-float(m.max()) for m in maps])
     offset = float(np.median(scores))  # half of them flagged
+    settings = _regions.Settings(offset, 0.0, -offset * 1.1)
     true = [m > np.quantile(m, 0.85) + rng.normal(0, 0.3, m.shape) for m in maps]
-    threshold, f1 = best_pixel_threshold(maps, scores, true, offset)
+    threshold, f1 = best_pixel_threshold(maps, scores, true, settings)
 
     def f1_at(p):  # the masks the detector would output at pixel threshold p, counted by hand
         tp = fp = 0
         for m, s, t in zip(maps, scores, true):
-            pred = _regions.anomaly_mask(m, s, offset, p)
+            pred = _regions.anomaly_mask(m, s, settings._replace(pixel_threshold=p))
             tp, fp = tp + np.count_nonzero(pred & t), fp + np.count_nonzero(pred & ~t)
         return 2 * tp / (tp + fp + sum(np.count_nonzero(t) for t in true))
 
@@ -359,7 +362,7 @@ def test_calibrate_pixel_threshold_against_a_brute_force_search(det, X):
         maps, scores = det.anomaly_map(X, return_scores=True)
         assert det.offset_ == before[0]
         assert pixel_f1_score(masks, det.anomaly_mask(X)) == pytest.approx(
-            best_pixel_threshold(maps, scores, masks, det.offset_)[1])
+            best_pixel_threshold(maps, scores, masks, _regions.settings_of(det))[1])
     finally:
         det.offset_, det.pixel_threshold_ = before
 

@@ -187,10 +187,13 @@ def calibrate_threshold(detector, X, y, *, metric="f1"):
 
 
 def _localization_input(detector, X, masks):
-    """``(maps, scores, masks)`` of the validation images, every mask checked against its map."""
+    """``(settings, maps, scores, masks)``: the detector's mask settings, and the maps and
+    scores of the validation images, every mask checked against its map."""
+    from .. import _regions
+
     if hasattr(detector, "fit"):
         check_is_fitted(detector)
-    for name in ("offset_", "pixel_threshold_"):
+    for name in ("offset_", "pixel_threshold_", "pixel_anchor_", "min_region_area"):
         if not hasattr(detector, name):
             raise TypeError(f"calibrate_pixel_threshold needs a fitted detector with {name} (a "
                             f"PadimDetector or an exported one), got {type(detector).__name__}.")
@@ -201,6 +204,7 @@ def _localization_input(detector, X, masks):
     elif not isinstance(masks, (list, tuple)):
         raise TypeError(f"masks must be a 3-D array or a list of 2-D arrays (one per image of X), got "
                         f"{type(masks).__name__}.")
+    settings = _regions.settings_of(detector)
     maps, scores = detector.anomaly_map(X, return_scores=True)
     if len(masks) != len(maps):
         raise ValueError(f"masks holds {len(masks)} masks but X holds {len(maps)} images; pass one "
@@ -221,10 +225,10 @@ def _localization_input(detector, X, masks):
     if not any(m.any() for m in checked):
         raise ValueError("calibrate_pixel_threshold needs defects in the masks, but every mask is "
                          "empty: pass validation images with their defect masks.")
-    return maps, np.asarray(scores, dtype=np.float64), checked
+    return settings, maps, np.asarray(scores, dtype=np.float64), checked
 
 
-def best_pixel_threshold(maps, scores, masks, offset):
+def best_pixel_threshold(maps, scores, masks, settings):
     """``(pixel threshold, F1)``: the level whose masks (:func:`skpadim._regions.anomaly_mask`,
     before ``min_region_area``) reach the best pooled pixel F1 on ``masks``; the
     highest such level on ties (None if no level changes the masks). Exact: every
@@ -235,7 +239,7 @@ def best_pixel_threshold(maps, scores, masks, offset):
     n_true = 0
     for amap, score, mask in zip(maps, scores, masks):
         n_true += int(np.count_nonzero(mask))
-        lv = _regions.levels(amap, score, offset)
+        lv = _regions.levels(amap, score, settings)
         if not lv.flagged:
             continue  # predict calls it normal: no mask at any pixel threshold
         inside.append(lv.levels[mask & np.isfinite(lv.levels)])
@@ -315,8 +319,8 @@ def calibrate_pixel_threshold(detector, X, masks):
     >>> pixel_f1_score(masks[24:], det.anomaly_mask(X[24:])) >= before
     True
     """
-    maps, scores, masks = _localization_input(detector, X, masks)
-    threshold, _ = best_pixel_threshold(maps, scores, masks, float(detector.offset_))
+    settings, maps, scores, masks = _localization_input(detector, X, masks)
+    threshold, _ = best_pixel_threshold(maps, scores, masks, settings)
     if threshold is not None:  # None: no level changes these masks
         detector.pixel_threshold_ = threshold
     return detector

@@ -59,8 +59,10 @@ class _ExportedDetector:
         self.image_size = tuple(int(v) for v in config["image_size"])
         self.n_channels_in_ = config.get("n_channels_in")
         self.offset_ = float(config["offset"])
-        # Files exported before pixel thresholds: the image threshold, no region dropped.
+        # Files exported before pixel thresholds: the image threshold as both levels, no
+        # region dropped.
         self.pixel_threshold_ = config.get("pixel_threshold", -self.offset_)
+        self._pixel_anchor = _regions.check_pixel_threshold(config.get("pixel_anchor", -self.offset_))
         if min_region_area is None:
             min_region_area = config.get("min_region_area", 0)
         self.min_region_area = _regions.check_min_region_area(min_region_area, type(self).__name__)
@@ -91,6 +93,11 @@ class _ExportedDetector:
     @pixel_threshold_.setter
     def pixel_threshold_(self, value):
         self._pixel_threshold = _regions.check_pixel_threshold(value)
+
+    @property
+    def pixel_anchor_(self):
+        """The level the relative part of a mask's level is measured from (fixed by the fit)."""
+        return self._pixel_anchor
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.path!r}, image_size={self.image_size}, "
@@ -334,9 +341,13 @@ class OnnxDetector(_ExportedDetector):
         ``decision_function = score_samples - offset_``; set it to move the
         threshold.
     pixel_threshold_ : float
-        The exported detector's pixel threshold (anomaly-map units): the
-        pixels of a flagged image above it form its defect mask; set it to
-        move it (e.g. with :func:`skpadim.metrics.calibrate_pixel_threshold`).
+        The exported detector's pixel threshold (anomaly-map units), the
+        floor of the level that cuts a flagged image's map into its defect
+        mask; set it to move it (e.g. with
+        :func:`skpadim.metrics.calibrate_pixel_threshold`).
+    pixel_anchor_ : float
+        The level the relative part of a mask's level is measured from, as
+        ``PadimDetector.pixel_anchor_`` (read-only).
     image_size : (int, int)
         The size images are resized to before the graph.
     n_channels_in_ : int or None
