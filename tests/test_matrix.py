@@ -14,7 +14,6 @@ this matrix is refused; the refusals that exist (a combination refused on every 
 reduced precision) are tested where they belong.
 """
 
-import os
 import threading
 
 import numpy as np
@@ -214,18 +213,8 @@ def threads(option, files):
 
 
 @pytest.fixture(scope="module")
-def client():
-    pytest.importorskip("distributed")
-    from distributed import Client, LocalCluster
-
-    address = os.environ.get("SKPADIM_DASK_SCHEDULER")
-    if address:
-        with Client(address, set_as_default=False) as c:
-            yield c
-        return
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        with Client(cluster, set_as_default=False) as c:
-            yield c
+def client(dask_client):
+    return dask_client
 
 
 def _marks(path):

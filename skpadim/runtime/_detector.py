@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from .._images import check_images
-from .._sizes import any_size, size_problem
+from .._sizes import any_size, one_size_runs, size_problem
 from .. import _export_format as fmt
 from .. import _regions
 from ._engines import OpenVinoEngine, OrtEngine, check_options
@@ -142,15 +142,9 @@ class _ExportedDetector:
                     tile_maps = self._tile_maps(self.image_size)
                     yield tile_maps.split(x), sizes, tile_maps
                 continue
-            start = 0
-            while start < len(sizes):  # a run of one size, in batches of its own tiles
+            for start, stop in one_size_runs(sizes, lambda size: self.batch_size // self._tile_maps(size).n_tiles):
                 tile_maps = self._tile_maps(sizes[start])
-                stop = start + 1
-                while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < max(
-                        1, self.batch_size // tile_maps.n_tiles):
-                    stop += 1
                 yield tile_maps.split(_floats(imgs[start:stop], None)), sizes[start:stop], tile_maps
-                start = stop
 
     def _tile_maps(self, size):
         size = tuple(int(v) for v in size)
