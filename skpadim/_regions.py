@@ -158,11 +158,17 @@ class _Runs(NamedTuple):
 def _components(mask):
     """The :class:`_Runs` of ``mask``: runs found for the whole image at once, joined by a
     union-find over runs (each run meets the runs of the row above that touch it)."""
-    h, w = mask.shape
-    padded = np.zeros((h, w + 2), bool)
-    padded[:, 1:-1] = mask
+    width = mask.shape[1]
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        empty = np.zeros(0, np.int64)
+        return _Runs(empty, empty, empty, empty, 0, width)
+    y0, x0 = rows[0], cols[0]
+    box = mask[y0:rows[-1] + 1, x0:cols[-1] + 1]  # the mask's bounding box: small for small defects
+    padded = np.zeros((box.shape[0], box.shape[1] + 2), bool)
+    padded[:, 1:-1] = box
     ys, xs = np.nonzero(padded[:, 1:] != padded[:, :-1])  # raster order: start, end, start...
-    y, start, end = ys[0::2], xs[0::2], xs[1::2]
+    y, start, end = ys[0::2] + y0, xs[0::2] + x0, xs[1::2] + x0
     ylist, alist, blist = y.tolist(), start.tolist(), end.tolist()
     parent = list(range(len(ylist)))
 
@@ -189,7 +195,7 @@ def _components(mask):
             k += 1
     roots = np.array([find(i) for i in range(len(parent))], np.int64)
     _, comp = np.unique(roots, return_inverse=True)  # roots in raster order of first runs
-    return _Runs(y, start, end, comp.reshape(-1), int(comp.max()) + 1 if comp.size else 0, w)
+    return _Runs(y, start, end, comp.reshape(-1), int(comp.max()) + 1, width)
 
 
 def label(mask):
