@@ -156,7 +156,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         keeping the regions that reach ``-offset_`` (docs/conventions.md).
         Fitted without labels: the median peak of the held-out calibration
         images' maps. Set it, or fit it to labelled masks with
-        :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting.
+        :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting;
+        every ``fit`` and ``partial_fit`` sets it again, as it sets ``offset_``.
     pixel_anchor_ : float
         The image threshold of contamination='auto' of the held-out images,
         from which the relative part of a mask's level is measured; fixed
