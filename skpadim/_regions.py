@@ -289,8 +289,10 @@ def levels(amap, score, settings):
     A pixel is in the mask at ``p`` when it is above ``max(p, L)`` (``L`` the
     image's relative level) and joined to a seed through pixels above it: when
     the highest path from it to a seed has its lowest pixel above ``max(p, L)``.
-    That lowest value is found for every pixel above ``L`` at once, the pixels
-    joined from the highest down (a union-find).
+    That lowest value, for every pixel above ``L`` at once, is the fixed point
+    of ``v = min(map, max of v over the 3 x 3 neighbourhood)`` from the seeds
+    (a grey-level reconstruction by dilation), iterated in the box of the
+    pixels above ``L``.
     """
     amap = np.asarray(amap)
     out = np.full(amap.shape, -np.inf, amap.dtype)
@@ -299,46 +301,28 @@ def levels(amap, score, settings):
     low = level_of(amap, settings, -np.inf)  # L: the level while p is below it
     peak = float(amap.max())
     fallback = amap >= amap.max()
-    switch = peak if peak > low else -np.inf  # from L >= peak on, the fallback at any p
-    h, w = amap.shape
-    flat = amap.ravel()
-    order = np.flatnonzero(flat > low)
-    order = order[np.argsort(-flat[order], kind="stable")]
-    seeds = _seeds(amap, settings.offset).ravel()
-    parent = np.full(flat.size, -1, np.int64)
-    members = {}  # root -> pixels of a component that holds no seed yet
-    levels_ = out.ravel()
-
-    def find(i):
-        root = i
-        while parent[root] != root:
-            root = parent[root]
-        while parent[i] != root:
-            parent[i], i = root, parent[i]
-        return root
-
-    for i in order.tolist():
-        value = flat[i]
-        parent[i] = i
-        if seeds[i]:
-            levels_[i] = value
-        else:
-            members[i] = [i]
-        y, x = divmod(i, w)
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                yy, xx = y + dy, x + dx
-                if (dy or dx) and 0 <= yy < h and 0 <= xx < w and parent[yy * w + xx] >= 0:
-                    a, b = find(i), find(yy * w + xx)
-                    if a == b:
-                        continue
-                    ma, mb = members.pop(a, None), members.pop(b, None)
-                    parent[b] = a
-                    if ma is not None and mb is not None:  # neither reaches a seed yet
-                        members[a] = ma + mb if len(ma) >= len(mb) else mb + ma
-                    elif ma is not None or mb is not None:  # one of them reaches one from here on
-                        levels_[ma if ma is not None else mb] = value
-    return Levels(True, levels_.reshape(amap.shape), switch, fallback)
+    if not peak > low:  # from L >= peak on, the fallback at any p
+        return Levels(True, out, -np.inf, fallback)
+    inside = amap > low
+    rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    values, inside = amap[box], inside[box]
+    floor = np.array(-np.inf, amap.dtype)
+    reach = np.where(inside & _seeds(amap, settings.offset)[box], values, floor)
+    h, w = reach.shape
+    padded = np.full((h + 2, w + 2), floor)
+    while True:
+        padded[1:-1, 1:-1] = reach
+        best = reach.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.maximum(best, padded[dy:dy + h, dx:dx + w], out=best)
+        new = np.where(inside, np.minimum(values, best), floor)
+        if np.array_equal(new, reach):
+            break
+        reach = new
+    out[box] = reach
+    return Levels(True, out, peak, fallback)
 
 
 # ---------------------------------------------------------------- regions
