@@ -388,3 +388,12 @@ def test_calibrate_pixel_threshold_refuses_bad_masks_and_changes_nothing(det, X)
     with pytest.raises(NotFittedError):
         calibrate_pixel_threshold(PadimDetector(), X, good)
     assert det.pixel_threshold_ == before
+
+
+def test_a_state_saved_without_pixel_threshold_gets_the_fitted_rule(det):
+    from skpadim._engine.state import FittedState  # what load and unpickling read
+
+    arrays, meta = det._state.to_arrays()
+    assert meta["fitted"].pop("pixel_threshold") == det.pixel_threshold_
+    old = FittedState.from_arrays(arrays, meta, device="cpu")
+    assert old.pixel_threshold == pytest.approx(det.pixel_threshold_)  # image_score='max': the same
