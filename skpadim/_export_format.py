@@ -28,6 +28,9 @@ import hashlib
 import json
 import os
 
+from ._install import extra
+from ._model_kind import SAVED, model_kind, wrong_loader
+
 FORMAT = "skpadim-onnx"
 FORMAT_VERSION = 1
 IR_FORMAT = "skpadim-openvino"
@@ -134,7 +137,7 @@ def check_header(path, meta):
         raise FormatError(
             f"'{path}' was exported in skpadim export format version {version}, and this "
             f"skpadim ({__version__}) reads versions up to {FORMAT_VERSION}. Upgrade "
-            "skpadim on this machine (pip install -U \"skpadim[runtime]\") or export the "
+            f"skpadim on this machine ({extra('runtime', upgrade=True)}) or export the "
             "model with the skpadim version installed here."
         )
     try:
@@ -144,6 +147,12 @@ def check_header(path, meta):
     if not isinstance(config, dict):
         raise FormatError(f"'{path}': the skpadim.config metadata is not a JSON object.")
     return config
+
+
+def refuse_saved(path):
+    """A :class:`FormatError` naming the right loader for a file of ``PadimDetector.save``."""
+    if model_kind(path) == SAVED:
+        raise FormatError(f"Cannot run {wrong_loader(path, SAVED)}")
 
 
 def read_onnx(path):
@@ -156,6 +165,7 @@ def read_onnx(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         raise FormatError(f"'{path}' is a folder; pass the .onnx file (an OpenVINO export is read with skpadim.runtime.load).")
+    refuse_saved(path)
     with open(path, "rb") as f:  # FileNotFoundError names the file
         buf = memoryview(f.read())
     try:

@@ -16,7 +16,7 @@ Examples
 >>> size_problem(native, (64, 64)) is None
 True
 >>> print(size_problem(native, (48, 80)))
-48 x 80 pixels, but the model works at the training images' own size, 64 x 64 (fitted with image_size=None, the native size); resize the image to 64 x 64
+48 x 80 pixels, but the model works at the training images' own size, 64 x 64 (it was fitted at the native size); resize the image to 64 x 64
 >>> shared = {"native_size": True, "image_size": [64, 64],
 ...           "tiles": {"size": [32, 32], "stride": [32, 32], "sharing": "shared"}}
 >>> size_problem(shared, (48, 80)) is None
@@ -51,4 +51,4 @@ def size_problem(fitted, size):
         return None
     kind = "" if fitted.get("tiles") is None else " in tiles with a Gaussian per tile location"
     return (f"{h} x {w} pixels, but the model works at the training images' own size, {H} x {W} "
-            f"(fitted with image_size=None, the native size{kind}); resize the image to {H} x {W}")
+            f"(it was fitted at the native size{kind}); resize the image to {H} x {W}")
