@@ -157,7 +157,7 @@ def test_cli_export(exported, tmp_path, capsys):
     assert main(["export", str(root / "model.skpadim"), "--out", str(tmp_path / "none" / "m.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", str(root / "model.onnx"), "--out", str(tmp_path / "x.onnx")]) == 1
-    assert "not a zip archive" in capsys.readouterr().err
+    assert "is already an export" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["export", "--help"])
     assert info.value.code == 0

@@ -98,6 +98,9 @@ def add_run_options(p, batch_size=None, scheduler=False):
                    help="stop at the first image that cannot be read (exit status 1) instead "
                         "of skipping it, listing it and finishing with exit status 3")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-image-pixels", type=positive_int, default=None, metavar="N",
+                   help="refuse images of more than N pixels (default: Pillow's guard against "
+                        "decompression bombs, 178956970); raise it for large images you trust")
     if scheduler:
         p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run on the Dask cluster whose scheduler is at ADDRESS, e.g. "

@@ -14,7 +14,7 @@ import time
 from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
-    print_skipped, report_unreadable,
+    print_skipped, report_unreadable, require_torch, warn,
 )
 
 NAME = "fit"
@@ -65,7 +65,7 @@ def add_parser(subparsers):
     p.add_argument("--tile-stride", type=tile_size, default=None, metavar="SIZE",
                    help="step between tiles; smaller than --tile-size makes them overlap "
                         "(default: the tile size)")
-    p.add_argument("--tile-sharing", choices=("shared", "position"), default="shared",
+    p.add_argument("--tile-sharing", choices=("shared", "position"), default=None,
                    help="shared: one set of Gaussians for all tile locations (textures; memory "
                         "independent of the image size); position: Gaussians per tile location "
                         "(aligned parts; memory grows with the image area) (default: shared)")
@@ -81,9 +81,9 @@ def add_parser(subparsers):
     return p
 
 
-def _check(items, args, client=None):
+def _check(items, args, client=None, size_rule=None):
     """Decode every file once (on the cluster's workers with ``client``); return the
-    readable paths and the failures."""
+    usable paths and the failures (``size_rule``: see :func:`skpadim._batch.decode`)."""
     import functools
 
     from ..exceptions import UnreadableImageError
@@ -97,15 +97,97 @@ def _check(items, args, client=None):
     with progress(len(items), "check", not args.quiet) as bar:
         try:
             return check_files(
-                items, strict=args.strict, on_image=lambda: bar.update(1),
+                items, strict=args.strict, on_image=lambda: bar.update(1), size_rule=size_rule,
                 on_failure=lambda f: report_unreadable(f.path, f.reason, bar),
             )
         except UnreadableImageError as exc:  # --strict
-            raise CLIError(f"{exc}; nothing was fitted (--strict stops at the first unreadable "
-                           "image; without it, such images are skipped and listed).") from None
+            raise CLIError(f"{exc}; nothing was fitted (--strict stops at the first image that "
+                           "cannot be used; without it, such images are skipped and listed).") from None
+
+
+def _check_tile_options(args):
+    """The tile options make sense together (flags named, before any work)."""
+    if args.tile_size is None:
+        given = [f for f, v in (("--tile-stride", args.tile_stride), ("--tile-sharing", args.tile_sharing))
+                 if v is not None]
+        if given:
+            raise CLIError(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} "
+                           "--tile-size (e.g. --tile-size 256); without it, whole images are processed.")
+        return
+    size, stride = _pair(args.tile_size), _pair(args.tile_stride or args.tile_size)
+    if any(s > t for s, t in zip(stride, size)):
+        raise CLIError(f"--tile-stride {_text(args.tile_stride)} is larger than --tile-size "
+                       f"{_text(args.tile_size)}: the tiles would leave gaps. Use a stride of at "
+                       "most the tile size (equal: no overlap).")
+    if args.image_size is not None:
+        _check_tiles_fit(args, _pair(args.image_size), f"--image-size {_text(args.image_size)}")
+
+
+def _check_tiles_fit(args, image, where):
+    if any(t > n for t, n in zip(_pair(args.tile_size), image)):
+        raise CLIError(f"--tile-size {_text(args.tile_size)} is larger than the images "
+                       f"({image[0]} x {image[1]} pixels, {where}); use a smaller --tile-size, "
+                       "or leave it out to process whole images.")
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _text(v):
+    return str(v) if isinstance(v, int) else f"{v[0]}x{v[1]}"
+
+
+def training_size_problem(size, path, got):
+    """Why a training image of size ``got`` cannot join a fit at the native size ``size``,
+    fixed by the first training image ``path``; None if it can (runs on Dask workers too)."""
+    if tuple(got) == tuple(size):
+        return None
+    h, w = size
+    return (f"{got[0]} x {got[1]} pixels, but --image-size native fits at the size of the first "
+            f"training image, '{path}' ({h} x {w}), which every training image must have; "
+            f"pass --image-size {h}x{w} to resize every image to it instead")
+
+
+def _native_size_rule(items, args, client):
+    """For ``--image-size native``: the rule that keeps the training images of the first
+    readable one's size (found here, or on a worker with ``client``); None for fixed sizes."""
+    import functools
+
+    from .._batch import first_readable
+
+    if args.image_size is not None:
+        return None
+    paths = [p for p in items if isinstance(p, str)]
+    found = first_readable(paths) if client is None else client.submit(first_readable, paths).result()
+    if found is None:
+        return None  # nothing readable: the check names every file
+    path, size = found
+    if args.tile_size is not None:
+        _check_tiles_fit(args, size, f"the size of the first training image, '{path}', with "
+                                     "--image-size native")
+    return functools.partial(training_size_problem, size, path)
+
+
+def _warn_few_images(detector):
+    """docs/safety.md, "Very small training sets": with no more samples per Gaussian than
+    features, epsilon alone sets the variance in the directions the images do not span."""
+    fitted = detector.fitted_params_
+    n, d = int(detector.n_samples_seen_), int(fitted["n_features"])
+    tiles = fitted["tiles"]
+    per_image = fitted["n_tiles"] if tiles is not None and tiles["sharing"] == "shared" else 1
+    samples = n * per_image
+    if samples > d:
+        return
+    each = f" ({per_image} tiles each: {samples} samples per Gaussian)" if per_image > 1 else ""
+    warn(f"fitted on {n} images{each}, no more than the {d} features of each Gaussian: in the "
+         "directions they do not span, epsilon alone sets the variance and dominates the scores "
+         f"(docs/safety.md, 'Very small training sets'). Fit on more than {d} images, or keep "
+         f"fewer features than the {samples} samples with --n-features.")
 
 
 def run(args):
+    require_torch("skpadim fit")
     if args.scheduler is None:
         return _run(args)
     from ._cluster import cluster
@@ -118,12 +200,14 @@ def _run(args, client=None):
     from .. import PadimDetector
     from ..exceptions import UnreadableImageError, WeightsUnavailableError
     from ._files import good_images
-    from ._model import detector_params, save_model, threshold_of, weights_error
+    from ._describe import threshold_of
+    from ._model import detector_params, save_model, weights_error
 
     items = good_images(args.good_dir)
     check_output_file(args.out, "--out")
+    _check_tile_options(args)
     params = detector_params(args)  # before the check: a missing package fails fast
-    paths, failures = _check(items, args, client)
+    paths, failures = _check(items, args, client, _native_size_rule(items, args, client))
     if not paths:
         raise CLIError(
             f"None of the {len(items)} images under '{args.good_dir}' could be read (each is "
@@ -146,10 +230,11 @@ def _run(args, client=None):
         raise CLIError(f"{exc.path} could not be read during the fit ({exc.reason}), although "
                        "it could before it; nothing was saved. Run the fit again.") from None
     elapsed = time.perf_counter() - start
+    _warn_few_images(detector)
     save_model(detector, args.out, n_skipped=len(failures))
     size = human_size(os.path.getsize(args.out))
     print(f"Fitted {detector.n_samples_seen_} good images from {args.good_dir} in {duration(elapsed)}.")
-    print_skipped(failures, f"Skipped {len(failures)} of {len(items)} images that could not be read:")
+    print_skipped(failures, f"Skipped {len(failures)} of {len(items)} images:")
     print(f"Threshold: {threshold_of(detector):.6g} (images whose anomaly score is above it are flagged).")
     print(f"Saved {args.out} ({size}). Next: skpadim predict {args.out} IMAGES...")
     return EXIT_SKIPPED if failures else EXIT_OK

@@ -46,7 +46,9 @@ the CSV rows come back (docs/distributed.md)."""
 
 def add_parser(subparsers):
     p = add_command(subparsers, NAME, HELP, EPILOG, run)
-    p.add_argument("model", metavar="MODEL", help="model file written by skpadim fit")
+    p.add_argument("model", metavar="MODEL",
+                   help="model file written by skpadim fit, or an export (.onnx file or OpenVINO "
+                        "folder, which runs without torch)")
     p.add_argument("images", metavar="IMAGES", nargs="+",
                    help="image files or folders (searched recursively)")
     p.add_argument("--threshold", type=finite, default=None, metavar="T",
@@ -60,15 +62,30 @@ def add_parser(subparsers):
 
 def threshold(args, detector):
     """``(threshold, where it comes from)``: --threshold, or the model's."""
-    from ._model import threshold_of
+    from ._describe import threshold_of
 
     if args.threshold is not None:
         return float(args.threshold), "--threshold"
     return threshold_of(detector), "the model's"
 
 
-def prepare(detector, args):
-    """The loaded detector, as the command runs it: no bar of its own, --batch-size."""
+def prepare(detector, args, client=None):
+    """The loaded model, as the command runs it: no bar of its own, --batch-size.
+
+    A PadimDetector or an exported model (which has no ``set_params``, and
+    no bar); an exported model runs on this machine, not on a cluster.
+    """
+    from ._model import is_export
+
+    if is_export(detector):
+        if client is not None:
+            raise CLIError(
+                f"--scheduler runs models of skpadim fit; '{args.model}' is an export, which "
+                "runs on this machine: leave --scheduler out."
+            )
+        if args.batch_size is not None:
+            detector.batch_size = args.batch_size
+        return
     detector.set_params(verbose=False)
     if args.batch_size is not None:
         detector.set_params(batch_size=args.batch_size)
@@ -130,7 +147,7 @@ def _run(args, client=None):
     if args.out is not None:
         _check_out_dir(args.out)
     detector = load_model(args.model)
-    prepare(detector, args)
+    prepare(detector, args, client)
     t, _ = threshold(args, detector)
     items = [item for item, _ in named]
     targets = overlay_names([n for _, n in named], args.out) if args.out else None
@@ -185,10 +202,10 @@ def _summary(args, total, failed, n_flagged, t, targets):
     where = f" CSV: {args.csv}." if args.csv else ""
     pics = f" Overlays: {args.out}{os.sep}." if targets else ""
     if failed:
-        note(f"{failed} of {total} images could not be read (label 'error' in the CSV, reasons "
+        note(f"{failed} of {total} images could not be scored (label 'error' in the CSV, reasons "
              "in its error column).")
     if n_scored == 0:
-        raise CLIError(f"None of the {total} images could be read; each is named above.{where}")
+        raise CLIError(f"None of the {total} images could be scored; each is named above.{where}")
     note(f"{n_flagged} of {n_scored} images flagged as anomalous (score > {t:.6g}).{where}{pics}")
     sys.stderr.flush()
     return EXIT_SKIPPED if failed else EXIT_OK
