@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["PadimDetector", "datasets", "exceptions", "metrics", "__version__"]
+__all__ = ["PadimDetector", "Region", "datasets", "exceptions", "metrics", "__version__"]
 
 _SUBMODULES = {"datasets", "distributed", "exceptions", "metrics", "plot", "cli"}
 
@@ -28,6 +28,10 @@ def __getattr__(name):
 
             raise ModuleNotFoundError(missing(exc.name, "skpadim.PadimDetector"), name=exc.name) from None
         return PadimDetector
+    if name == "Region":
+        from ._regions import Region
+
+        return Region
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'skpadim' has no attribute {name!r}")

@@ -25,7 +25,7 @@ True
 16 x 80 pixels, smaller than the model's 32 x 32 tiles; an image must be at least one tile large
 """
 
-__all__ = ["any_size", "size_problem"]
+__all__ = ["any_size", "one_size_runs", "size_problem"]
 
 
 def any_size(fitted):
@@ -52,3 +52,23 @@ def size_problem(fitted, size):
     kind = "" if fitted.get("tiles") is None else " in tiles with a Gaussian per tile location"
     return (f"{h} x {w} pixels, but the model works at the training images' own size, {H} x {W} "
             f"(it was fitted at the native size{kind}); resize the image to {H} x {W}")
+
+
+def one_size_runs(sizes, longest):
+    """``(start, stop)`` of the runs of consecutive images of one size in ``sizes``, each at
+    most ``longest(size)`` images long (at least one): the batches of a model that takes
+    any size, whose images go to the backbone one size at a time.
+
+    Examples
+    --------
+    >>> list(one_size_runs([(4, 4), (4, 4), (4, 4), (8, 8)], lambda size: 2))
+    [(0, 2), (2, 3), (3, 4)]
+    """
+    start = 0
+    while start < len(sizes):
+        limit = max(1, int(longest(sizes[start])))
+        stop = start + 1
+        while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < limit:
+            stop += 1
+        yield start, stop
+        start = stop

@@ -9,6 +9,7 @@ module the detector exposes (``backbone_``) and saves is never changed.
 
 import torch
 
+from .._sizes import one_size_runs
 from . import dtypes as _dtypes
 from .fold import fold_batchnorm
 from .images import tensor_batch
@@ -152,12 +153,6 @@ class Embedder:
             if not flexible:
                 yield tensor_batch(imgs, layout.image_size, self.device), sizes, layout.tiling
                 continue
-            start = 0
-            while start < len(sizes):  # a run of one size, in batches of its own tiles
-                tiling = layout.tiling_for(sizes[start])
-                stop = start + 1
-                while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < max(
-                        1, batch_size // tiling.n_tiles):
-                    stop += 1
-                yield tensor_batch(imgs[start:stop], None, self.device), sizes[start:stop], tiling
-                start = stop
+            for start, stop in one_size_runs(sizes, lambda size: batch_size // layout.tiling_for(size).n_tiles):
+                yield (tensor_batch(imgs[start:stop], None, self.device), sizes[start:stop],
+                       layout.tiling_for(sizes[start]))
