@@ -144,6 +144,22 @@ def test_tile_options_are_checked_and_named_as_flags(work, tmp_path, capsys, arg
 # ------------------------------------------------------------------ exports
 
 
+def test_an_export_takes_and_refuses_the_same_images(work, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    root = work
+    assert cli(capsys, "export", root / "position.skpadim", "--out", tmp_path / "position.onnx")[0] == 0
+    rows = {}
+    for model in (root / "position.skpadim", tmp_path / "position.onnx"):
+        status, out, err = cli(capsys, "predict", model, root / "new")
+        assert status == 3, err
+        rows[model.suffix] = read_csv(out)
+    saved, exported = rows[".skpadim"], rows[".onnx"]
+    assert [(r["path"], r["label"], r["error"]) for r in exported] == [
+        (r["path"], r["label"], r["error"]) for r in saved]
+    np.testing.assert_allclose([float(r["score"] or "nan") for r in exported],
+                               [float(r["score"] or "nan") for r in saved], rtol=1e-4)
+
+
 def test_predict_evaluate_and_info_read_exports_as_they_read_model_files(exported, capsys):
     root = exported
     model = PadimDetector.load(root / "fixed.skpadim")

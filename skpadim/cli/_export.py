@@ -106,7 +106,7 @@ def run(args):
         except ImportError as exc:
             raise CLIError(str(exc)) from None
         print(f"Exported {args.model} to the OpenVINO folder {out} ({_size(out)}).")
-    size = tuple(detector.fitted_params_["image_size"])
-    print(f"Threshold: {-float(detector.offset_):.6g}; image size: {size}.")
+    h, w = detector.fitted_params_["image_size"]
+    print(f"Threshold: {-float(detector.offset_):.6g}; image size: {h} x {w} (height x width).")
     print(f"Next, on a machine without torch: {RUNTIME}, then skpadim predict {out} IMAGES... "
           f"(or, in Python: skpadim.runtime.load({out!r}).predict(images)).")
