@@ -149,7 +149,8 @@ def first_readable(items):
     return None
 
 
-def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2):
+def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2,
+                 native="image_size=None"):
     """Yield an :class:`ImageResult` for every item, in order.
 
     Readable images are scored ``chunk_size`` at a time (default: four of
@@ -163,7 +164,8 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     Unreadable images, and images of a size the model cannot take
     (:func:`skpadim._sizes.size_problem`: another size than the training
     images' for a model fitted at the native size), come back with ``error``
-    set, in their place, and are never passed to the detector; with
+    set, in their place, and are never passed to the detector (``native``: how
+    the reason names the native size's setting); with
     ``strict=True`` the first one raises
     :class:`~skpadim.exceptions.UnreadableImageError` instead, once the
     images before it have their results. Errors of
@@ -174,7 +176,7 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     batch = int(detector.batch_size)
     chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
-    size_rule = functools.partial(size_problem, detector.fitted_params_)
+    size_rule = functools.partial(size_problem, detector.fitted_params_, native=native)
     pending, images, nbytes = [], [], 0
     for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray, size_rule=size_rule):
         if isinstance(got, ImageFailure):

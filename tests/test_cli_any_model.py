@@ -76,6 +76,7 @@ def test_predict_gives_an_image_of_another_size_a_named_row_and_goes_on(work, ca
     odd = rows["2-odd.png"]
     assert odd["label"] == "error" and odd["score"] == ""
     assert odd["error"].startswith("40 x 56 pixels, but the model works at the training images' own size, 48 x 48")
+    assert "(fitted with --image-size native, the native size in tiles" in odd["error"]
     assert "resize the image to 48 x 48" in odd["error"] and "image_size=None" not in odd["error"]
     assert f"cannot use '{root / 'new' / '2-odd.png'}': 40 x 56 pixels" in err
     assert "2 of 6 images could not be scored" in err

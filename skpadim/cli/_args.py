@@ -3,8 +3,11 @@
 import argparse
 import math
 
+#: How the command line names the native image size in messages (skpadim._sizes).
+NATIVE = "--image-size native"
+
 __all__ = [
-    "Parser", "add_command", "add_run_options", "contamination", "finite", "fraction",
+    "NATIVE", "Parser", "add_command", "add_run_options", "contamination", "finite", "fraction",
     "image_size", "layers", "positive_int", "tile_size",
 ]
 

@@ -9,7 +9,7 @@ written under a temporary name and renamed when complete.
 import os
 from pathlib import Path
 
-from ._args import add_command, add_run_options, finite, fraction, positive_int
+from ._args import NATIVE, add_command, add_run_options, finite, fraction, positive_int
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, note, print_skipped, progress,
     report_unreadable,
@@ -132,7 +132,7 @@ def _score_all(detector, paths, args):
     kept, scores, maps, failures = [], [], [], []
     with progress(len(paths), NAME, not args.quiet) as bar:
         try:
-            for r in score_images(detector, paths, with_maps=True, strict=args.strict):
+            for r in score_images(detector, paths, with_maps=True, strict=args.strict, native=NATIVE):
                 if r.error is None:
                     kept.append(r.index)
                     scores.append(r.score)

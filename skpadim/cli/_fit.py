@@ -11,7 +11,9 @@ model is fitted on the others and records how many it was fitted on
 import os
 import time
 
-from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size
+from ._args import (
+    NATIVE, add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size,
+)
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
     print_skipped, report_unreadable, require_torch, warn,
@@ -144,7 +146,7 @@ def training_size_problem(size, path, got):
     if tuple(got) == tuple(size):
         return None
     h, w = size
-    return (f"{got[0]} x {got[1]} pixels, but --image-size native fits at the size of the first "
+    return (f"{got[0]} x {got[1]} pixels, but {NATIVE} fits at the size of the first "
             f"training image, '{path}' ({h} x {w}), which every training image must have; "
             f"pass --image-size {h}x{w} to resize every image to it instead")
 

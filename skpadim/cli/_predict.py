@@ -10,7 +10,7 @@ already written are kept in ``FILE.partial``.
 import os
 import sys
 
-from ._args import add_command, add_run_options, finite
+from ._args import NATIVE, add_command, add_run_options, finite
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, note, progress, report_unreadable,
 )
@@ -127,7 +127,8 @@ def _results(detector, items, args, t, targets, client):
     if client is None:
         from .._batch import score_images
 
-        return score_images(detector, items, with_maps=bool(targets), strict=args.strict)
+        return score_images(detector, items, with_maps=bool(targets), strict=args.strict,
+                            native=NATIVE)
     import functools
 
     from ..distributed import score_files
