@@ -160,7 +160,7 @@ def check_header(path, meta):
 def refuse_saved(path):
     """A :class:`FormatError` naming the right loader for a file of ``PadimDetector.save``."""
     if model_kind(path) == SAVED:
-        raise FormatError(f"Cannot run {wrong_loader(path, SAVED)}")
+        raise FormatError(wrong_loader(path, SAVED))
 
 
 def read_onnx(path):

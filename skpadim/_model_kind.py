@@ -10,12 +10,12 @@ which name the loader to use instead.
 
 Examples
 --------
->>> import os, tempfile
+>>> import os, tempfile, zipfile
 >>> from skpadim._model_kind import model_kind
 >>> folder = tempfile.mkdtemp()
 >>> path = os.path.join(folder, "model.skpadim")
->>> with open(path, "wb") as f:
-...     _ = f.write(b"PK\\x03\\x04 and the rest of a zip archive")
+>>> with zipfile.ZipFile(path, "w") as zf:
+...     zf.writestr("config.json", "{}")
 >>> model_kind(path)
 'saved'
 >>> model_kind(folder) is None
@@ -32,6 +32,7 @@ OPENVINO = "openvino"  # skpadim.export.to_openvino, skpadim export --format ope
 EXPORTED = (ONNX, OPENVINO)
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_SAVED_CONFIG = "config.json"
 # A serialized onnx.ModelProto starts with its field 1, ir_version, a varint: tag byte 0x08.
 _ONNX_FIRST_BYTE = b"\x08"
 _IR_FILES = ("skpadim.json", "model.xml")
@@ -40,10 +41,11 @@ _IR_FILES = ("skpadim.json", "model.xml")
 def model_kind(path):
     """``"saved"``, ``"onnx"``, ``"openvino"``, or None (missing, unreadable, or neither).
 
-    Decided by the first bytes of a file (a zip archive is a saved detector;
-    an ONNX file starts with its IR version) or, for a folder, by an IR
-    file in it; a file named ``*.onnx`` counts as ONNX whatever it holds,
-    so that the runtime's checks name what is wrong with it.
+    Decided by the first bytes of a file (a zip archive with a
+    ``config.json`` is a saved detector; an ONNX file starts with its IR
+    version) or, for a folder, by an IR file in it; a file named ``*.onnx``
+    counts as ONNX whatever it holds, so that the runtime's checks name what
+    is wrong with it.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -54,10 +56,22 @@ def model_kind(path):
     except OSError:
         return None
     if head == _ZIP_MAGIC:
-        return SAVED
+        return SAVED if _has_config(path) else None
     if path.lower().endswith(".onnx") or head[:1] == _ONNX_FIRST_BYTE:
         return ONNX
     return None
+
+
+def _has_config(path):
+    """Whether the zip archive at ``path`` holds the config of PadimDetector.save (its central
+    directory only is read)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _SAVED_CONFIG in zf.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
 
 
 def wrong_loader(path, kind):

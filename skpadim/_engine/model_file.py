@@ -189,7 +189,7 @@ def _read_verified(path):
     """Return ``(config, arrays)`` after every integrity check."""
     kind = model_kind(path)
     if kind in EXPORTED:
-        raise ValueError(f"Cannot load {wrong_loader(path, kind)}")
+        raise ValueError(wrong_loader(path, kind))
     with open(path, "rb") as f:  # FileNotFoundError etc. name the file already
         magic = f.read(4)
     if magic != b"PK\x03\x04":

@@ -95,7 +95,7 @@ def _check_scheme(address):
     dashboard = (" An http(s) address is a dashboard's (a web page), not the scheduler's."
                  if scheme in ("http", "https") else "")
     raise ConnectionError(
-        f"Cannot connect to the Dask scheduler at {address!r}: Dask does not speak {scheme!r} "
+        f"Could not connect to the Dask scheduler at {address!r}: Dask does not speak {scheme!r} "
         f"(it speaks {', '.join(sorted(backends))}).{dashboard} Pass the address that 'dask "
         f"scheduler' printed, e.g. tcp://{host}:8786."
     )
