@@ -142,6 +142,21 @@ def test_tile_options_are_checked_and_named_as_flags(work, tmp_path, capsys, arg
     assert not (tmp_path / "m.skpadim").exists()
 
 
+def test_the_estimators_refusals_name_the_flags(work, tmp_path, capsys, monkeypatch):
+    from skpadim._engine import memory
+
+    status, _, err = cli(capsys, "fit", work / "good", "--out", tmp_path / "m.skpadim", *FAST[:2],
+                         "--n-features", "5000", "--image-size", "32", "-q")
+    assert status == 1 and "skpadim: error: --n-features is 5000, but layers" in err, err
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)  # 1 KiB free
+    status, _, err = cli(capsys, "fit", work / "good", "--out", tmp_path / "m.skpadim", *FAST,
+                         "--image-size", "native")
+    assert status == 1, err
+    assert "--n-features 10 with 144 patch positions needs about" in err
+    assert "Set --tile-size (e.g. --tile-size 256 with --tile-sharing shared" in err, err
+    assert not re.search(r"\b(tile_size|tile_sharing|n_features|image_size)\b", err), err
+
+
 # ------------------------------------------------------------------ exports
 
 

@@ -12,11 +12,11 @@ import os
 import time
 
 from ._args import (
-    NATIVE, add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size,
+    NATIVE, add_command, in_flags, add_run_options, contamination, image_size, layers, positive_int, tile_size,
 )
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
-    print_skipped, report_unreadable, require_torch, warn,
+    one_line, print_skipped, report_unreadable, require_torch, warn,
 )
 
 NAME = "fit"
@@ -231,6 +231,8 @@ def _run(args, client=None):
     except UnreadableImageError as exc:  # changed on disk since the check
         raise CLIError(f"{exc.path} could not be read during the fit ({exc.reason}), although "
                        "it could before it; nothing was saved. Run the fit again.") from None
+    except (ValueError, MemoryError) as exc:  # the estimator's refusals, in Python's words
+        raise CLIError(in_flags(one_line(exc))) from None
     elapsed = time.perf_counter() - start
     _warn_few_images(detector)
     save_model(detector, args.out, n_skipped=len(failures))

@@ -15,7 +15,7 @@ import warnings
 
 from .._install import RUNTIME
 from . import _evaluate, _export, _fit, _info, _predict
-from ._args import Parser
+from ._args import Parser, in_flags
 from ._common import (
     EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, one_line,
 )
@@ -129,7 +129,7 @@ def build_parser():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"skpadim: warning: {one_line(message)}", file=sys.stderr)
+    print(f"skpadim: warning: {in_flags(one_line(message))}", file=sys.stderr)
 
 
 def main(argv=None):
