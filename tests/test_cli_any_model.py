@@ -207,6 +207,12 @@ def test_each_python_loader_names_the_other_one(exported):
         load(root / "fixed.skpadim")
 
 
+def test_an_export_runs_here_not_on_a_cluster(exported, capsys):
+    status, _, err = cli(capsys, "predict", exported / "fixed.onnx", exported / "new",
+                         "--scheduler", "tcp://127.0.0.1:1")
+    assert status == 1 and "is an export, which runs on this machine: leave --scheduler out" in err
+
+
 def test_export_of_an_export_says_it_is_one_already(exported, tmp_path, capsys):
     status, _, err = cli(capsys, "export", exported / "fixed.onnx", "--out", tmp_path / "again.onnx")
     assert status == 1

@@ -69,20 +69,15 @@ def threshold(args, detector):
     return threshold_of(detector), "the model's"
 
 
-def prepare(detector, args, client=None):
+def prepare(detector, args):
     """The loaded model, as the command runs it: no bar of its own, --batch-size.
 
     A PadimDetector or an exported model (which has no ``set_params``, and
-    no bar); an exported model runs on this machine, not on a cluster.
+    no bar).
     """
     from ._model import is_export
 
     if is_export(detector):
-        if client is not None:
-            raise CLIError(
-                f"--scheduler runs models of skpadim fit; '{args.model}' is an export, which "
-                "runs on this machine: leave --scheduler out."
-            )
         if args.batch_size is not None:
             detector.batch_size = args.batch_size
         return
@@ -116,7 +111,12 @@ def _overlay_of(targets, t, r):
 def run(args):
     if args.scheduler is None:
         return _run(args)
+    from .._model_kind import EXPORTED, model_kind
     from ._cluster import cluster
+
+    if model_kind(args.model) in EXPORTED:
+        raise CLIError(f"--scheduler runs models of skpadim fit; '{args.model}' is an export, which "
+                       "runs on this machine: leave --scheduler out.")
 
     with cluster(args.scheduler) as client:
         return _run(args, client)
@@ -148,7 +148,7 @@ def _run(args, client=None):
     if args.out is not None:
         _check_out_dir(args.out)
     detector = load_model(args.model)
-    prepare(detector, args, client)
+    prepare(detector, args)
     t, _ = threshold(args, detector)
     items = [item for item, _ in named]
     targets = overlay_names([n for _, n in named], args.out) if args.out else None
