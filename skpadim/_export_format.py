@@ -32,6 +32,9 @@ import hashlib
 import json
 import os
 
+from ._install import extra
+from ._model_kind import SAVED, model_kind, wrong_loader
+
 FORMAT = "skpadim-onnx"
 # Version 2: the tiled graph (tiles in, each tile's distance grid out; the runtime stitches).
 # Untiled graphs are written as version 1, which earlier runtimes read.
@@ -143,7 +146,7 @@ def check_header(path, meta):
         raise FormatError(
             f"'{path}' was exported in skpadim export format version {version}, and this "
             f"skpadim ({__version__}) reads versions up to {FORMAT_VERSION}. Upgrade "
-            "skpadim on this machine (pip install -U \"skpadim[runtime]\") or export the "
+            f"skpadim on this machine ({extra('runtime', upgrade=True)}) or export the "
             "model with the skpadim version installed here."
         )
     try:
@@ -153,6 +156,12 @@ def check_header(path, meta):
     if not isinstance(config, dict):
         raise FormatError(f"'{path}': the skpadim.config metadata is not a JSON object.")
     return config
+
+
+def refuse_saved(path):
+    """A :class:`FormatError` naming the right loader for a file of ``PadimDetector.save``."""
+    if model_kind(path) == SAVED:
+        raise FormatError(wrong_loader(path, SAVED))
 
 
 def read_onnx(path):
@@ -165,6 +174,7 @@ def read_onnx(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         raise FormatError(f"'{path}' is a folder; pass the .onnx file (an OpenVINO export is read with skpadim.runtime.load).")
+    refuse_saved(path)
     with open(path, "rb") as f:  # FileNotFoundError names the file
         buf = memoryview(f.read())
     try:

@@ -34,9 +34,11 @@ def any_size(fitted):
     return bool(fitted.get("native_size")) and tiles is not None and tiles["sharing"] == "shared"
 
 
-def size_problem(fitted, size):
+def size_problem(fitted, size, native="image_size=None"):
     """Why the model described by ``fitted`` (its ``fitted_params_``) cannot take an image of
-    ``size`` (height, width), in words that start with the size; None if it can."""
+    ``size`` (height, width), in words that start with the size; None if it can. ``native``
+    names the setting of the native size in the caller's words (the command line's
+    ``--image-size native``)."""
     if not fitted.get("native_size"):
         return None
     h, w = (int(v) for v in size)
@@ -51,7 +53,7 @@ def size_problem(fitted, size):
         return None
     kind = "" if fitted.get("tiles") is None else " in tiles with a Gaussian per tile location"
     return (f"{h} x {w} pixels, but the model works at the training images' own size, {H} x {W} "
-            f"(fitted with image_size=None, the native size{kind}); resize the image to {H} x {W}")
+            f"(fitted with {native}, the native size{kind}); resize the image to {H} x {W}")
 
 
 def one_size_runs(sizes, longest):

@@ -29,8 +29,6 @@ import ctypes
 import functools
 import platform
 
-import torch
-
 #: Set to False to always use torch's LAPACK (tests, benchmarks).
 ALLOWED = True
 
@@ -79,6 +77,8 @@ def _routines():
 
 def enabled(device):
     """Whether the end of fit on ``device`` goes through scipy's OpenBLAS (module docstring)."""
+    import torch  # here: the command line sets the thread count without torch installed
+
     if not ALLOWED or torch.device(device).type != "cpu" or _intel_cpu():
         return False
     found = _routines()

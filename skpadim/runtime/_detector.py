@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from .._images import check_images
+from .._model_kind import EXPORTED, model_kind
 from .._sizes import any_size, one_size_runs, size_problem
 from .. import _export_format as fmt
 from .. import _regions
@@ -409,6 +410,7 @@ class OpenVinoDetector(_ExportedDetector):
 def read_ir(path):
     """Check an OpenVINO export folder; return its config dict."""
     if not os.path.isdir(path):
+        fmt.refuse_saved(path)
         raise fmt.FormatError(f"'{path}' is not a folder; an OpenVINO export is a folder with model.xml, model.bin and skpadim.json.")
     meta_path = os.path.join(path, fmt.IR_CONFIG)
     if not os.path.isfile(meta_path):
@@ -460,17 +462,9 @@ def load(path, **kwargs):
 
 
 def is_exported(path):
-    """Whether ``path`` looks like an export (an ONNX file or an OpenVINO folder), by its name and magic.
+    """Whether ``path`` holds an export (an ONNX file or an OpenVINO folder) rather than a file of
+    ``PadimDetector.save``, by its first bytes (or, for a folder, its files).
 
-    For the command line: a PadimDetector.save file is a zip archive.
+    For the command line, which reads both kinds.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, fmt.IR_CONFIG))
-    if path.lower().endswith(".onnx"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) not in (b"PK\x03\x04", b"")
-    except OSError:
-        return False
+    return model_kind(path) in EXPORTED

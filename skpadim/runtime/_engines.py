@@ -8,14 +8,16 @@ Neither imports torch.
 
 import numbers
 
+from .._install import extra
+
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("f32", "bf16", "f16")
 
 
-def _missing(package, extra):
+def _missing(package, name):
     return ImportError(
         f"This needs the {package} package, which is not installed; install it with "
-        f'pip install "skpadim[{extra}]" (or pip install {package}).'
+        f"{extra(name)} (or pip install {package})."
     )
 
 
