@@ -220,8 +220,8 @@ def label(mask):
 
 # ---------------------------------------------------------------- the rule
 
-#: Share of the peak's excess over the image threshold below which a flagged
-#: image's pixels are not defects (the relative part of the level).
+#: The relative part of a flagged image's level: its map's median plus this share of
+#: its peak's excess over ``pixel_anchor_``.
 PEAK_FRACTION = 0.75
 
 
@@ -272,10 +272,12 @@ def _cut(amap, score, settings):
 
 
 class Levels(NamedTuple):
-    """How one image's mask moves with the pixel threshold ``p`` (for calibration):
-    ``anomaly_mask(amap, score, settings._replace(pixel_threshold=p))`` is ``levels > p``
-    while ``p < switch``,
-    and ``fallback`` from ``switch`` on; nothing at all unless ``flagged``."""
+    """How one image's mask moves with the pixel threshold ``p`` (for calibration).
+
+    ``anomaly_mask(amap, score, settings._replace(pixel_threshold=p))`` is
+    ``levels > p`` while ``p < switch``, and ``fallback`` from ``switch`` on;
+    nothing at all unless ``flagged``.
+    """
 
     flagged: bool
     levels: np.ndarray  # the map's shape and dtype; -inf where a pixel is never part of it
