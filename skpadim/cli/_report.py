@@ -55,15 +55,20 @@ def heat_range(threshold):
     return 0.5 * threshold, 1.5 * threshold
 
 
-def overlay_png(image, amap, threshold, *, mask=None, side=None, title=None):
+def overlay_png(image, amap, threshold, *, mask=None, predicted=None, side=None, title=None):
     """PNG bytes of :func:`overlay_figure`."""
-    return _png(overlay_figure(image, amap, threshold, mask=mask, side=side, title=title), dpi=_DPI)
+    return _png(overlay_figure(image, amap, threshold, mask=mask, predicted=predicted, side=side,
+                               title=title), dpi=_DPI)
 
 
-def overlay_figure(image, amap, threshold, *, mask=None, side=None, title=None):
-    """An image with its heat map, flagged region (red) and defect (green), and a title.
+def overlay_figure(image, amap, threshold, *, mask=None, predicted=None, side=None, title=None):
+    """An image with its heat map, its predicted defect regions (red), its true defect (green)
+    and a title.
 
-    ``image`` is the decoded image (an array) or its file. The longest side
+    ``image`` is the decoded image (an array) or its file; ``threshold`` (the
+    image threshold) sets the heat map's colour range (:func:`heat_range`);
+    ``predicted`` is the model's defect mask of the image, ``mask`` the
+    ground truth (both optional). The longest side
     of the picture is ``side`` pixels (default: the image's own, clipped to
     [256, 1024]). The title is wrapped to the picture's width, which is at
     least :data:`_TITLE_WIDTH` inches when there is one, so that a narrow
@@ -89,7 +94,7 @@ def overlay_figure(image, amap, threshold, *, mask=None, side=None, title=None):
     fig = _figure(fig_w, height + top)
     ax = fig.add_axes([(fig_w - width) / 2 / fig_w, 0, width / fig_w, height / (height + top)])
     vmin, vmax = heat_range(threshold)
-    plot_anomaly_overlay(image, amap, mask, threshold=threshold, ax=ax, vmin=vmin, vmax=vmax)
+    plot_anomaly_overlay(image, amap, mask, predicted_mask=predicted, ax=ax, vmin=vmin, vmax=vmax)
     if lines:
         ax.set_title("\n".join(lines), fontsize=8)
     return fig
