@@ -285,7 +285,8 @@ def run(args):
     ev = _metrics(labels, scores, maps, masks, predicted, args.fpr_limit)
     ev.update(
         data=args.data, layout=layout, model=args.model, images=images, masks=masks, predicted=predicted,
-        pixel_threshold=level, pixel_threshold_source=level_source, min_region_area=int(detector.min_region_area),
+        pixel_threshold=level, pixel_threshold_source=level_source,
+        min_region_area=int(detector.min_region_area),
         names=[os.path.relpath(p, args.data) for p in images],
         defect_types=np.asarray(data.defect_types)[kept], labels=labels, scores=scores, maps=maps,
         threshold=t, threshold_source=source, flagged=scores > t,

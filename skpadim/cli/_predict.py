@@ -212,7 +212,8 @@ def region_cells(regions):
 
     found = summary(regions)
     box = found["largest_box"]
-    return [str(found["n_regions"]), str(found["largest_area"]), "" if box is None else " ".join(map(str, box))]
+    box = "" if box is None else " ".join(map(str, box))
+    return [str(found["n_regions"]), str(found["largest_area"]), box]
 
 
 class _Outputs:
