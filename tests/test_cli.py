@@ -92,7 +92,8 @@ def test_predict_writes_csv_and_overlays(work):
     r = run(root, "predict", "model.skpadim", *folders, "--out", "overlays")
     assert r.returncode == 0, r.stderr
     rows = _read_csv(r.stdout)
-    assert len(rows) == 12 and list(rows[0]) == ["path", "score", "label", "overlay", "error"]
+    assert len(rows) == 12 and list(rows[0]) == ["path", "score", "label", "n_regions", "largest_area",
+                                                 "largest_box", "overlay", "error"]
     assert {row["label"] for row in rows} <= {"anomalous", "normal"}
     assert {row["error"] for row in rows} == {""}
     paths = [row["path"] for row in rows]
@@ -126,8 +127,9 @@ def test_predict_options(work, capsys, tmp_path):
     assert stdout == ""  # the CSV went to --csv
     rows = _read_csv(out.read_text())
     assert [Path(row["path"]).name for row in rows] == ["000.png", "000.png", "001.png"]
-    assert list(rows[0]) == ["path", "score", "label", "error"]
+    assert list(rows[0]) == ["path", "score", "label", "n_regions", "largest_area", "largest_box", "error"]
     assert [row["label"] for row in rows] == ["normal"] * 3  # --threshold 1e9
+    assert [(r["n_regions"], r["largest_area"], r["largest_box"]) for r in rows] == [("0", "0", "")] * 3
     assert "%|" not in err  # -q: no bar
     assert "0 of 3 images flagged" in err and "could not be read" not in err
     assert sorted(os.listdir(tmp_path)) == ["pred.csv"]  # no temporary or partial file left

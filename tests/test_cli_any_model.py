@@ -47,7 +47,8 @@ def exported(work):
     """A model of skpadim fit at a fixed size, with labelled test images, and its ONNX export."""
     pytest.importorskip("onnx")
     root = work
-    assert _run("fit", root / "good", "--out", root / "fixed.skpadim", *FAST, "--image-size", "32") == 0
+    assert _run("fit", root / "good", "--out", root / "fixed.skpadim", *FAST, "--image-size", "32",
+                "--min-region-area", "3") == 0
     assert _run("export", root / "fixed.skpadim", "--out", root / "fixed.onnx") == 0
     for i, x in enumerate(textured(3, 48, seed=4)):
         save_png(root / "test" / "good" / f"{i}.png", x)
@@ -193,6 +194,13 @@ def test_predict_evaluate_and_info_read_exports_as_they_read_model_files(exporte
     assert info["kind"] == "onnx" and info["image_size"] == [32, 32] and info["n_features"] == 10
     assert info["threshold"] == pytest.approx(-model.offset_, rel=1e-6)
     assert info["training_images"] == 14 and info["thresholds_by_contamination"] is None
+    # What cuts the masks travels with the export (fit --min-region-area included).
+    assert info["pixel_threshold"] == pytest.approx(model.pixel_threshold_, rel=1e-6)
+    assert info["pixel_anchor"] == pytest.approx(model.pixel_anchor_, rel=1e-6)
+    assert info["min_region_area"] == model.min_region_area == 3
+    status, out, err = cli(capsys, "info", root / "fixed.onnx")
+    assert re.search(rf"^pixel threshold\s+{model.pixel_threshold_:.6g} ", out, re.M), out
+    assert re.search(r"^min region area\s+3 pixels", out, re.M), out
 
 
 def test_each_python_loader_names_the_other_one(exported):

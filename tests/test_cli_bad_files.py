@@ -13,6 +13,7 @@ processed, every bad file named with its reason, and exit status 3.
 looks complete.
 """
 
+import json
 import os
 import re
 import signal
@@ -28,7 +29,7 @@ from cli_helpers import permission_denied_works
 
 from skpadim import PadimDetector
 from skpadim.cli._describe import describe
-from skpadim.datasets import make_anomaly_images
+from skpadim.datasets import make_anomaly_images, read_masks
 from skpadim.metrics import image_auroc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -305,7 +306,8 @@ def _wait_for_rows(folder, proc, n, timeout=240):
 
 
 def test_interrupted_predict_leaves_no_file_that_looks_complete(bad, tmp_path):
-    """SIGINT (Ctrl-C) and SIGTERM, each to a long predict, sent once rows are written."""
+    """SIGINT (Ctrl-C) and SIGTERM, each to a long predict, sent once rows are written; the
+    second one writes masks and JSON lines too."""
     root = bad["root"]
     many = tmp_path / "many"
     many.mkdir()
@@ -314,11 +316,16 @@ def test_interrupted_predict_leaves_no_file_that_looks_complete(bad, tmp_path):
     earlier = b"path,score,label,error\r\nold.png,1.5,normal,\r\n"
     cases = {"SIGINT": (signal.SIGINT, 130, "interrupted"), "SIGTERM": (signal.SIGTERM, 143, "terminated")}
     procs = {}
+    earlier_jsonl = b'{"path": "old.png"}\n'
     for name in cases:
         (tmp_path / name).mkdir()
         (tmp_path / name / "pred.csv").write_bytes(earlier)
+        localize = []
+        if name == "SIGTERM":
+            (tmp_path / name / "regions.jsonl").write_bytes(earlier_jsonl)
+            localize = ["--regions", tmp_path / name / "regions.jsonl", "--masks", tmp_path / name / "masks"]
         procs[name] = start(tmp_path, ["predict", root / "model.skpadim", "many", "--csv",
-                                       tmp_path / name / "pred.csv", "--batch-size", "1"])
+                                       tmp_path / name / "pred.csv", "--batch-size", "1", *localize])
     try:
         stderr = {}
         for name, (sig, _, _) in cases.items():
@@ -342,7 +349,19 @@ def test_interrupted_predict_leaves_no_file_that_looks_complete(bad, tmp_path):
         assert [row["path"] for row in rows] == [f"many/{i:04d}.png" for i in range(len(rows))]
         assert all(float(row["score"]) > 0 and row["label"] in ("normal", "anomalous") for row in rows)
         assert f"stopped after {len(rows)} of 3000 images" in err
-        assert sorted(os.listdir(out)) == ["pred.csv", "pred.csv.partial"]  # no temporary file
+        if name == "SIGINT":
+            assert sorted(os.listdir(out)) == ["pred.csv", "pred.csv.partial"]  # no temporary file
+            continue
+        assert sorted(os.listdir(out)) == ["masks", "pred.csv", "pred.csv.partial", "regions.jsonl",
+                                           "regions.jsonl.partial"]
+        assert (out / "regions.jsonl").read_bytes() == earlier_jsonl
+        partial = (out / "regions.jsonl.partial").read_bytes()
+        lines = [json.loads(line) for line in partial.decode().splitlines()]  # whole lines only
+        assert len(rows) - 1 <= len(lines) <= len(rows)  # a row is written before its line
+        assert [line["path"] for line in lines] == [row["path"] for row in rows[:len(lines)]]
+        masks = sorted(os.listdir(out / "masks" / "many"))  # written before its row; no temporary one
+        assert masks[:len(rows)] == [f"{i:04d}.png" for i in range(len(rows))] and len(masks) <= len(rows) + 1
+        assert all(m.shape == (64, 64) for m in read_masks([out / "masks" / "many" / m for m in masks]))
 
 
 def test_evaluate_strict_stops_at_the_first_bad_image(bad, in_root, capsys):

@@ -26,6 +26,7 @@ from distributed import Client, LocalCluster
 
 from skpadim import PadimDetector
 from skpadim import distributed as skd
+from skpadim.datasets import read_masks
 from skpadim.distributed import _worker
 
 pytestmark = pytest.mark.dask
@@ -189,6 +190,9 @@ def test_command_line(client, capsys, folder, paths, local, tmp_path):
     for p in paths[N:N + 6]:
         os.link(p, new / os.path.basename(p))
     (new / "zz-broken.png").write_bytes(b"not an image")
+    defect = textured(1, seed=4)[0]
+    defect[8:20, 8:20] = 255
+    Image.fromarray(defect).save(new / "y-defect.png")
     model = tmp_path / "m.skpadim"
     status, out, err = cli(capsys, "fit", folder / "good", "--out", model, "--weights", "none",
                            "--image-size", "32", "--n-features", "12", "--seed", "0",
@@ -196,14 +200,22 @@ def test_command_line(client, capsys, folder, paths, local, tmp_path):
     assert status == 0, err
     assert "Fitting on the Dask cluster at" in err
     assert_same_model(PadimDetector.load(model), local)
-    status, out, err = cli(capsys, "predict", model, new, "-q", "--scheduler", address)
+    status, out, err = cli(capsys, "predict", model, new, "-q", "--scheduler", address,
+                           "--masks", tmp_path / "masks")
     assert status == 3, err  # one unreadable file: named, the others scored
     assert "zz-broken.png" in err
     rows = list(csv.reader(out.splitlines()))
     assert [r[0] for r in rows[1:]] == sorted(str(p) for p in new.iterdir())
     assert rows[-1][2] == "error" and rows[-1][-1]
-    np.testing.assert_allclose([float(r[1]) for r in rows[1:-1]],
-                               -local.score_samples([r[0] for r in rows[1:-1]]), rtol=1e-5)
+    files = [r[0] for r in rows[1:-1]]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:-1]], -local.score_samples(files), rtol=1e-5)
+    # The workers cut the masks and write them into the shared folder; the regions come back.
+    assert rows[0][3:6] == ["n_regions", "largest_area", "largest_box"] and rows[0][6] == "mask"
+    written = read_masks([r[6] for r in rows[1:-1]])
+    expected = local.anomaly_mask(files)
+    assert [m.any() for m in written] == [m.any() for m in expected] and expected[-1].any()  # y-defect
+    assert np.mean(np.asarray(written) != expected) < 0.01  # maps of other batches: float round-off
+    assert [int(r[3]) for r in rows[1:-1]] == [len(g) for g in local.defect_regions(files)]
     status, _, err = cli(capsys, "predict", model, new, "--scheduler", "tcp://127.0.0.1:1")
     assert status == 1
     line, = err.strip().splitlines()

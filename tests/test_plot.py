@@ -151,6 +151,8 @@ def test_overlay_uses_current_axes_by_default():
         (dict(image=np.zeros((48, 48), dtype=np.int64)), "astype"),
         (dict(anomaly_map=np.full((48, 48), np.nan)), "NaN"),
         (dict(threshold=float("nan")), "threshold must be a finite number"),
+        (dict(predicted_mask=np.zeros((40, 48), dtype=bool)), r"predicted_mask has shape \(40, 48\)"),
+        (dict(predicted_mask=np.zeros((48, 48), dtype=bool), threshold=1.0), "not both"),
         (dict(alpha=1.5), r"alpha must be in \[0, 1\]"),
     ],
 )
@@ -216,11 +218,19 @@ def test_plot_detection_with_a_fitted_padim_on_an_image_path(ax, fitted, images,
     Image.fromarray(image).save(tmp_path / "defect.png")
     plot_detection(fitted, str(tmp_path / "defect.png"), mask, ax=ax)
     assert fitted.predict(image[None])[0] == -1
-    threshold = -fitted.offset_
     assert ax.get_title().startswith("anomalous")
-    assert legend_texts(ax) == ["defect (ground truth)", f"map ≥ {threshold:.3g} (flagged)"]
+    assert legend_texts(ax) == ["defect (ground truth)", "defect regions (predicted)"]
     assert len(ax.collections) == 2
-    np.testing.assert_allclose(ax.images[1].get_array(), fitted.anomaly_map(image[None])[0])
+    amap = fitted.anomaly_map(image[None])[0]
+    np.testing.assert_allclose(ax.images[1].get_array(), amap)
+    # The red outline is the detector's mask, not the map above the image threshold.
+    predicted = fitted.anomaly_mask(image[None])[0]
+    assert not np.array_equal(predicted, amap >= -fitted.offset_)
+    padded = np.pad(predicted, 1)
+    for x, y in np.concatenate([p.vertices for p in ax.collections[1].get_paths()]) + 1:
+        # Each vertex lies halfway between a pixel of the mask and one outside it.
+        (x0, y0), (x1, y1) = np.floor([x, y]).astype(int), np.ceil([x, y]).astype(int)
+        assert padded[y0, x0] != padded[y1, x1], (x, y)
 
 
 def test_plot_detection_needs_a_fitted_detector(ax, images):

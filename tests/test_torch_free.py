@@ -77,15 +77,16 @@ def test_inspection_machine_runs_exports_from_the_documented_install(runtime_ven
     info = run("info", "model.onnx", "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["kind"] == "onnx"
-    predicted = run("predict", "model.onnx", "test", "--csv", "p.csv", "--out", "overlays")
+    predicted = run("predict", "model.onnx", "test", "--csv", "p.csv", "--out", "overlays", "--masks", "masks")
     assert predicted.returncode == 0, predicted.stderr
     rows = read_csv((tmp_path / "p.csv").read_text())
     expected = -fitted.score_samples([str(tmp_path / r["path"]) for r in rows])
     np.testing.assert_allclose([float(r["score"]) for r in rows], expected, rtol=1e-4)
-    assert all((tmp_path / r["overlay"]).is_file() for r in rows)
+    assert all((tmp_path / r["overlay"]).is_file() and (tmp_path / r["mask"]).is_file() for r in rows)
+    assert [int(r["n_regions"]) > 0 for r in rows] == [r["label"] == "anomalous" for r in rows]
     evaluated = run("evaluate", "model.onnx", "--data", "test", "--report", "r.html")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "Image AUROC" in evaluated.stdout and (tmp_path / "r.html").is_file()
+    assert "Image AUROC" in evaluated.stdout and "Pixel F1" in evaluated.stdout and (tmp_path / "r.html").is_file()
     refused = run("predict", "model.skpadim", "test")  # fit and export: tests/test_cli_edges.py
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr  # no traceback
     assert f"needs torch, which is not installed here: {_install.TORCH}" in refused.stderr

@@ -26,7 +26,8 @@ went wrong and what to do; every image that cannot be used one line
 ``SKPADIM_DEBUG=1`` to get the Python traceback instead. Output files are
 never half-written: they are written under a temporary name and renamed
 when complete; after an error or an interrupt, ``predict --csv FILE``
-keeps the rows already written in ``FILE.partial``.
+(and ``--regions FILE``) keeps the lines already written in
+``FILE.partial``.
 
 The package uses the public API of :class:`skpadim.PadimDetector` and of
 :mod:`skpadim.runtime`: ``predict``, ``evaluate`` and ``info`` take a file of

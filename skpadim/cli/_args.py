@@ -8,8 +8,9 @@ import re
 NATIVE = "--image-size native"
 
 __all__ = [
-    "NATIVE", "Parser", "in_flags", "add_command", "add_run_options", "contamination", "finite", "fraction",
-    "image_size", "layers", "positive_int", "tile_size",
+    "NATIVE", "Parser", "in_flags", "add_command", "add_localization_options", "add_run_options",
+    "contamination", "finite", "fraction", "image_size", "layers", "non_negative_int", "positive_int",
+    "tile_size",
 ]
 
 
@@ -19,6 +20,7 @@ FLAGS = {
     "tile_stride": "--tile-stride", "tile_sharing": "--tile-sharing", "batch_size": "--batch-size",
     "backbone_dtype": "--backbone-dtype", "layers": "--layers", "weights": "--weights",
     "contamination": "--contamination", "device": "--device", "backbone": "--backbone",
+    "min_region_area": "--min-region-area",
 }
 _NAMES = "|".join(FLAGS)
 
@@ -46,7 +48,7 @@ def in_flags(message):
                      lambda m: f"{FLAGS[m[1]]} {_value(m[2])}", message)
     message = re.sub(rf"\b[Tt]he '({_NAMES})' parameter of PadimDetector\b", lambda m: FLAGS[m[1]], message)
     return re.sub(r"(?<![-\w'])(n_features|image_size|tile_size|tile_stride|tile_sharing|batch_size|"
-                  r"backbone_dtype)\b", lambda m: FLAGS[m[1]], message)
+                  r"backbone_dtype|min_region_area)\b", lambda m: FLAGS[m[1]], message)
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,6 +65,16 @@ def positive_int(text):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, got {text!r}")
     return value
 
 
@@ -126,6 +138,22 @@ def add_command(subparsers, name, help, epilog, run):
     )
     p.set_defaults(run=run)
     return p
+
+
+#: Help of --min-region-area, the same on every command that has it.
+MIN_REGION_AREA_HELP = ("drop the defect regions smaller than N pixels (an image's largest region "
+                        "is always kept)")
+
+
+def add_localization_options(p):
+    """--pixel-threshold and --min-region-area: how the maps of flagged images become defect
+    masks and regions, instead of the model's settings (skpadim info shows them)."""
+    p.add_argument("--pixel-threshold", type=finite, default=None, metavar="T",
+                   help="floor of the anomaly-map level that cuts a flagged image's map into "
+                        "defect regions; lower gives larger regions (default: the model's pixel "
+                        "threshold, see skpadim info)")
+    p.add_argument("--min-region-area", type=non_negative_int, default=None, metavar="N",
+                   help=f"{MIN_REGION_AREA_HELP} (default: the model's, see skpadim info)")
 
 
 def add_run_options(p, batch_size=None, scheduler=False):

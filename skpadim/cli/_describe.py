@@ -13,6 +13,7 @@ import os
 import warnings
 
 from .._model_kind import EXPORTED, ONNX, SAVED, model_kind
+from .._regions import PEAK_FRACTION
 from ._common import human_size
 from ._model import SKIPPED, metadata, peek_config
 
@@ -94,6 +95,9 @@ def describe(detector, path):
         else detector.config_.get("n_samples_seen"),
         "skipped_images": None if skipped is None else int(skipped),
         "threshold": threshold_of(detector),
+        "pixel_threshold": float(detector.pixel_threshold_),
+        "pixel_anchor": float(detector.pixel_anchor_),
+        "min_region_area": int(detector.min_region_area),
         "contamination": fitted.get("contamination"),
         "calibration_images": len(detector.calibration_scores_) if calibrated else None,
         "calibration_flagged": float(detector.flagged_fraction()) if calibrated else None,
@@ -186,6 +190,13 @@ def trade_off_text(info):
     )
 
 
+def min_region_area_text(info):
+    n = info["min_region_area"]
+    if not n:
+        return "0 pixels (every defect region kept)"
+    return f"{n} pixels (smaller defect regions are dropped, but an image's largest is kept)"
+
+
 def _kind_text(info):
     fmt = f", file format {info['format_version']}" if info["format_version"] is not None else ""
     return f"{_KINDS.get(info['kind'], info['kind'])}{fmt}"
@@ -212,6 +223,12 @@ LINES = (
     ("training images", training_images_text),
     ("threshold", lambda i: f"{i['threshold']:.6g} (images whose anomaly score is above it are flagged)"),
     ("trade-off", trade_off_text),
+    ("pixel threshold", lambda i: f"{i['pixel_threshold']:.6g} (anomaly-map level: the floor of the level "
+                                  "that cuts a flagged image's map into defect regions; change it: "
+                                  "predict --pixel-threshold T)"),
+    ("pixel anchor", lambda i: f"{i['pixel_anchor']:.6g} (a flagged image's level is the higher of the pixel "
+                               f"threshold and median + {PEAK_FRACTION:g} x (peak - anchor) of its map)"),
+    ("min region area", min_region_area_text),
 )
 
 

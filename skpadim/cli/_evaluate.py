@@ -1,6 +1,11 @@
 """``skpadim evaluate``: measure a model on labelled test images; write an HTML report.
 
-Images (and masks) that cannot be read are named on stderr, left out of
+Besides the image and pixel metrics of the scores and maps, the defect
+masks the model outputs (at its thresholds, or those of the command line)
+are scored against the true masks: pixel F1 and IoU, the fraction of the
+true defect regions found and the false regions per good image, beside the
+pixel F1-max of the maps (the best a single level could do, chosen with the
+true masks). Images (and masks) that cannot be read are named on stderr, left out of
 the metrics and listed in the summary and the report; the run ends with
 exit status 3 (``--strict``: the first one stops it). The report is
 written under a temporary name and renamed when complete.
@@ -9,7 +14,9 @@ written under a temporary name and renamed when complete.
 import os
 from pathlib import Path
 
-from ._args import NATIVE, add_command, add_run_options, finite, fraction, positive_int
+from ._args import (
+    NATIVE, add_command, add_localization_options, add_run_options, finite, fraction, positive_int,
+)
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, note, print_skipped, progress,
     report_unreadable,
@@ -29,9 +36,14 @@ Layouts (--layout, detected when left out):
                  DIR/ground_truth/<defect>/<name>_mask.png (the test split)
   magnetic-tile  DIR/MT_Free/Imgs and DIR/MT_<Defect>/Imgs (the test split of
                  skpadim.datasets.load_magnetic_tile)
-Prints image AUROC, pixel AUROC, AUPRO and F1-max, and writes a self-contained
-HTML report (curves, per-defect table, thumbnails of the good images that look
-most anomalous and of the defects that look most normal). Images that cannot
+Prints image AUROC, pixel AUROC, AUPRO and F1-max, then how good the defect
+masks of the model are: pixel F1 and IoU, the fraction of the true defect
+regions found and the false regions per good image (at the model's
+thresholds, or --threshold, --pixel-threshold and --min-region-area), beside
+the pixel F1-max of the maps. Writes a self-contained HTML report (curves,
+per-defect table, thumbnails of the good images that look most anomalous and
+of the defects that look most normal, with their defect regions outlined in
+red and the true defects in green). Images that cannot
 be read are left out of the metrics and listed (stderr, summary, report);
 the run then ends with exit status 3 (--strict stops at the first one)."""
 
@@ -50,7 +62,9 @@ def add_parser(subparsers):
                    help="folder layout: subfolder of the masks (default: masks or ground_truth "
                         "if present)")
     p.add_argument("--threshold", type=finite, default=None, metavar="T",
-                   help="threshold for the counts of flagged and missed images (default: the model's)")
+                   help="threshold for the counts of flagged and missed images and for the defect "
+                        "masks (default: the model's)")
+    add_localization_options(p)
     p.add_argument("--report", default="report.html", metavar="FILE",
                    help="HTML report to write (default: report.html)")
     p.add_argument("--no-report", action="store_true", help="print the metrics only")
@@ -123,20 +137,23 @@ def _suggested(scores, t):
 
 
 def _score_all(detector, paths, args):
-    """Scores and maps of the readable images: ``(kept indices, scores, maps, failures)``."""
+    """Scores, maps and defect masks of the readable images: ``(kept indices, scores, maps,
+    predicted masks, failures)``."""
     import numpy as np
 
     from ..exceptions import UnreadableImageError
     from .._batch import ImageFailure, score_images
 
-    kept, scores, maps, failures = [], [], [], []
+    kept, scores, maps, predicted, failures = [], [], [], [], []
     with progress(len(paths), NAME, not args.quiet) as bar:
         try:
-            for r in score_images(detector, paths, with_maps=True, strict=args.strict, native=NATIVE):
+            for r in score_images(detector, paths, with_maps=True, with_masks=True, strict=args.strict,
+                                  native=NATIVE):
                 if r.error is None:
                     kept.append(r.index)
                     scores.append(r.score)
                     maps.append(r.map)
+                    predicted.append(r.mask)
                 else:
                     failures.append(ImageFailure(r.path, r.error))
                     report_unreadable(r.path, r.error, bar)
@@ -144,7 +161,7 @@ def _score_all(detector, paths, args):
         except UnreadableImageError as exc:  # --strict
             raise CLIError(f"{exc}; --strict stops at the first unreadable image (without it, "
                            "such images are left out of the metrics and listed).") from None
-    return np.asarray(kept, dtype=int), np.asarray(scores, dtype=np.float64), maps, failures
+    return np.asarray(kept, dtype=int), np.asarray(scores, dtype=np.float64), maps, predicted, failures
 
 
 def _mask_reason(exc, path):
@@ -182,7 +199,31 @@ def _read_masks(paths, labels, maps, strict):
     return masks, failures
 
 
-def _metrics(labels, scores, maps, masks, fpr_limit):
+#: The metrics of the predicted defect masks, by key of the evaluation.
+MASK_METRICS = ("pixel_f1", "pixel_iou", "pixel_f1_max", "region_recall", "false_regions")
+
+
+def _mask_metrics(masks, predicted, maps):
+    """The predicted masks against the true ones, and the oracle F1 of the maps; None for a
+    metric the masks cannot give (e.g. no true defect pixel)."""
+    from ..metrics import false_regions_per_image, pixel_f1_max, pixel_f1_score, pixel_iou, region_recall
+
+    def measured(metric, *args, **kwargs):
+        try:
+            return float(metric(*args, **kwargs))
+        except ValueError:
+            return None
+
+    return {
+        "pixel_f1": measured(pixel_f1_score, masks, predicted),
+        "pixel_iou": measured(pixel_iou, masks, predicted),
+        "pixel_f1_max": measured(pixel_f1_max, masks, maps),
+        "region_recall": measured(region_recall, masks, predicted),
+        "false_regions": measured(false_regions_per_image, masks, predicted, normal_only=True),
+    }
+
+
+def _metrics(labels, scores, maps, masks, predicted, fpr_limit):
     """Image and pixel metrics; the pixel ones on the images whose ground truth is known."""
     from ..metrics import aupro, f1_max, image_auroc, optimal_threshold, pixel_auroc
 
@@ -190,12 +231,15 @@ def _metrics(labels, scores, maps, masks, fpr_limit):
     n_masks = int(sum(labels[i] == 1 for i in known))
     n_missing = int(labels.sum()) - n_masks
     m = {"pixel_auroc": None, "aupro": None, "pixel_masks": None, "pixel_maps": None, "pixel_note": ""}
+    m.update(dict.fromkeys(MASK_METRICS))
     if n_masks == 0:
-        m["pixel_note"] = "No ground-truth masks were found: pixel AUROC and AUPRO are not available."
+        m["pixel_note"] = ("No ground-truth masks were found: the pixel metrics (pixel AUROC, AUPRO "
+                           "and those of the defect masks) are not available.")
     else:
         sub_masks, sub_maps = [masks[i] for i in known], [maps[i] for i in known]
         m.update(pixel_auroc=pixel_auroc(sub_masks, sub_maps), aupro=aupro(sub_masks, sub_maps, fpr_limit),
                  pixel_masks=sub_masks, pixel_maps=sub_maps)
+        m.update(_mask_metrics(sub_masks, [predicted[i] for i in known], sub_maps))
         if n_missing:
             m["pixel_note"] = (
                 f"{n_missing} defective images have no readable mask and are left out of the "
@@ -212,7 +256,7 @@ def run(args):
 
     from ._describe import describe
     from ._model import load_model
-    from ._predict import prepare, threshold
+    from ._predict import pixel_threshold, prepare, threshold
 
     data, layout = _load_data(args)
     labels = np.asarray(data.labels)
@@ -224,9 +268,11 @@ def run(args):
         require_matplotlib("The HTML report (or pass --no-report)")
         check_output_file(report, "--report")
     detector = load_model(args.model)
+    info = describe(detector, args.model) if report is not None else None  # the model as fitted
     prepare(detector, args)
     t, source = threshold(args, detector)
-    kept, scores, maps, failures = _score_all(detector, list(data.images), args)
+    level, level_source = pixel_threshold(args, detector)
+    kept, scores, maps, predicted, failures = _score_all(detector, list(data.images), args)
     if not len(kept):
         raise CLIError(f"None of the {len(labels)} images under '{args.data}' could be scored; "
                        "each is named above.")
@@ -236,9 +282,11 @@ def run(args):
     images = [data.images[i] for i in kept]
     masks, mask_failures = _read_masks([data.masks[i] for i in kept], labels, maps, args.strict)
     failures += mask_failures
-    ev = _metrics(labels, scores, maps, masks, args.fpr_limit)
+    ev = _metrics(labels, scores, maps, masks, predicted, args.fpr_limit)
     ev.update(
-        data=args.data, layout=layout, model=args.model, images=images, masks=masks,
+        data=args.data, layout=layout, model=args.model, images=images, masks=masks, predicted=predicted,
+        pixel_threshold=level, pixel_threshold_source=level_source,
+        min_region_area=int(detector.min_region_area),
         names=[os.path.relpath(p, args.data) for p in images],
         defect_types=np.asarray(data.defect_types)[kept], labels=labels, scores=scores, maps=maps,
         threshold=t, threshold_source=source, flagged=scores > t,
@@ -249,7 +297,7 @@ def run(args):
     if report is not None:
         from ._report import write_report
 
-        ev["info"] = describe(detector, args.model)
+        ev["info"] = info
         write_report(report, ev)
         print(f"Report: {report}")
     return EXIT_SKIPPED if failures else EXIT_OK
@@ -274,5 +322,21 @@ def _print_metrics(ev):
     print(f"At threshold {ev['threshold']:.6g} ({ev['threshold_source']}): {int((flagged & good).sum())} of "
           f"{int(good.sum())} good images flagged, {int((~flagged & bad).sum())} of {int(bad.sum())} "
           "defective images missed")
+    print(f"Defect masks at pixel threshold {ev['pixel_threshold']:.6g} ({ev['pixel_threshold_source']}), "
+          f"{_regions_kept(ev['min_region_area'])}:")
+    print(f"Pixel F1          {fmt(ev['pixel_f1'])}")
+    print(f"Pixel IoU         {fmt(ev['pixel_iou'])}")
+    print(f"Pixel F1-max      {fmt(ev['pixel_f1_max'])}  (oracle: the best single level on the maps, "
+          "chosen with the true masks)")
+    print(f"Defects found     {fmt(ev['region_recall'])}  (fraction of the true defect regions that the "
+          "masks touch)")
+    print(f"False regions     {fmt(ev['false_regions'])}  per good image")
     if ev["pixel_note"]:
         note(ev["pixel_note"])
+
+
+def _regions_kept(min_region_area):
+    """How --min-region-area reads in a sentence."""
+    if not min_region_area:
+        return "every region kept"
+    return f"regions under {min_region_area} pixels dropped (an image's largest kept)"

@@ -12,7 +12,8 @@ import os
 import time
 
 from ._args import (
-    add_command, add_run_options, contamination, image_size, in_flags, layers, positive_int, tile_size,
+    MIN_REGION_AREA_HELP, add_command, add_run_options, contamination, image_size, in_flags, layers,
+    non_negative_int, positive_int, tile_size,
 )
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
@@ -76,6 +77,9 @@ def add_parser(subparsers):
     p.add_argument("--contamination", type=contamination, default="auto", metavar="C",
                    help="sets the threshold: 'auto' (Tukey's far-out fence on held-out training "
                         "images) or the fraction of them to flag (default: auto)")
+    p.add_argument("--min-region-area", type=non_negative_int, default=0, metavar="N",
+                   help=f"{MIN_REGION_AREA_HELP}; stored in the model, predict and evaluate "
+                        "can change it (default: 0, none dropped)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
     p.add_argument("--backbone-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="arithmetic of the backbone: bfloat16 is fast on CPUs with AVX512-BF16 or AMX "

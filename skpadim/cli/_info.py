@@ -13,8 +13,10 @@ Example:
 
 Shows every parameter that shapes the model (backbone, layers, channels,
 normalization, image size, tiles, covariance, smoothing, image score), the
-training images and the threshold, with the threshold that each expected
-fraction of flagged good images gives (files of skpadim fit)."""
+training images, the threshold, with the threshold that each expected
+fraction of flagged good images gives (files of skpadim fit), and what cuts
+the defect masks: the pixel threshold, its anchor and the smallest region
+kept."""
 
 
 def add_parser(subparsers):

@@ -47,8 +47,8 @@ Exit status:
        model cannot take): each is named on stderr and in the output (error
        column of the CSV, summary, report)
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM). Output files are
-       complete or absent; predict --csv FILE keeps the rows already
-       written in FILE.partial""".format(install=RUNTIME)
+       complete or absent; predict --csv FILE (and --regions FILE) keeps
+       the lines already written in FILE.partial""".format(install=RUNTIME)
 
 
 class _Terminated(KeyboardInterrupt):

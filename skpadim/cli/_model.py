@@ -56,6 +56,7 @@ def detector_params(args):
         random_state=args.seed,
         contamination=args.contamination,
         backbone_dtype=getattr(args, "backbone_dtype", "float32"),
+        min_region_area=getattr(args, "min_region_area", 0),
     )
     if getattr(args, "tile_size", None) is not None:
         params.update(tile_size=args.tile_size, tile_stride=args.tile_stride,

@@ -2,15 +2,17 @@
 
 Every file is written through :mod:`skpadim._atomic` (a hidden temporary
 name next to the final one, renamed at the end; an error or an interrupt
-leaves any earlier file of that name as it was). The CSV of
-``skpadim predict`` keeps what was done: on an error or an interrupt its
-complete rows are renamed to ``NAME.partial`` instead, a name no tool takes
+leaves any earlier file of that name as it was). The files of ``skpadim
+predict`` that grow a line per image, the CSV and the JSON lines of
+``--regions``, keep what was done: on an error or an interrupt their
+complete lines are renamed to ``NAME.partial`` instead, a name no tool takes
 for the finished result.
 """
 
 import contextlib
 import csv
 import io
+import json
 import os
 import sys
 
@@ -20,35 +22,34 @@ PARTIAL_SUFFIX = ".partial"
 from .._atomic import sync_directory, temporary, write_bytes, write_text  # noqa: F401
 
 
-class CSVOutput:
-    """The CSV rows of a run, to stdout or to a file that is complete or absent.
+class LineOutput:
+    """The lines of a run, one per image, to stdout or to a file that is complete or absent.
 
-    Rows are written, and flushed, as they come. For a file, they go to a
+    Lines are written, and flushed, as they come. For a file, they go to a
     temporary file renamed to ``path`` by :meth:`commit`; :meth:`abort`
-    (after an error or an interrupt) keeps the complete rows as
+    (after an error or an interrupt) keeps the complete lines as
     ``path + ".partial"``, or removes everything when there are none. A
     line is counted only once written whole, and the file is cut back to
-    the last whole line, so no line is ever half-written.
+    the last whole line, so no line is ever half-written. Subclasses say
+    how a row becomes a line (:meth:`line`).
     """
 
-    def __init__(self, path, header):
+    def __init__(self, path):
         self.path = path
         self.rows = 0
-        self._buffer = io.StringIO()
-        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
         if path is None:
             self._file, self._tmp = sys.stdout, None
         else:
             fd, self._tmp = temporary(path)
             self._file = os.fdopen(fd, "wb")
         self._complete = 0  # bytes of whole lines written (file only)
-        self._write(header)
+
+    def line(self, row):
+        """The text of ``row``, its line end included."""
+        raise NotImplementedError
 
     def _write(self, row):
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        self._writer.writerow(row)
-        line = self._buffer.getvalue()
+        line = self.line(row)
         if self._tmp is None:
             self._file.write(line)
             self._file.flush()
@@ -102,3 +103,26 @@ class CSVOutput:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             return None
+
+
+class CSVOutput(LineOutput):
+    """The CSV of a run: a header, then one row (a list of strings) per image."""
+
+    def __init__(self, path, header):
+        super().__init__(path)
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\r\n")
+        self._write(header)
+
+    def line(self, row):
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        self._writer.writerow(row)
+        return self._buffer.getvalue()
+
+
+class JSONLinesOutput(LineOutput):
+    """JSON lines: one JSON object (a dict) per image, no header."""
+
+    def line(self, row):
+        return json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"

@@ -55,15 +55,20 @@ def heat_range(threshold):
     return 0.5 * threshold, 1.5 * threshold
 
 
-def overlay_png(image, amap, threshold, *, mask=None, side=None, title=None):
+def overlay_png(image, amap, threshold, *, mask=None, predicted=None, side=None, title=None):
     """PNG bytes of :func:`overlay_figure`."""
-    return _png(overlay_figure(image, amap, threshold, mask=mask, side=side, title=title), dpi=_DPI)
+    return _png(overlay_figure(image, amap, threshold, mask=mask, predicted=predicted, side=side,
+                               title=title), dpi=_DPI)
 
 
-def overlay_figure(image, amap, threshold, *, mask=None, side=None, title=None):
-    """An image with its heat map, flagged region (red) and defect (green), and a title.
+def overlay_figure(image, amap, threshold, *, mask=None, predicted=None, side=None, title=None):
+    """An image with its heat map, its predicted defect regions (red), its true defect (green)
+    and a title.
 
-    ``image`` is the decoded image (an array) or its file. The longest side
+    ``image`` is the decoded image (an array) or its file; ``threshold`` (the
+    image threshold) sets the heat map's colour range (:func:`heat_range`);
+    ``predicted`` is the model's defect mask of the image, ``mask`` the
+    ground truth (both optional). The longest side
     of the picture is ``side`` pixels (default: the image's own, clipped to
     [256, 1024]). The title is wrapped to the picture's width, which is at
     least :data:`_TITLE_WIDTH` inches when there is one, so that a narrow
@@ -89,7 +94,7 @@ def overlay_figure(image, amap, threshold, *, mask=None, side=None, title=None):
     fig = _figure(fig_w, height + top)
     ax = fig.add_axes([(fig_w - width) / 2 / fig_w, 0, width / fig_w, height / (height + top)])
     vmin, vmax = heat_range(threshold)
-    plot_anomaly_overlay(image, amap, mask, threshold=threshold, ax=ax, vmin=vmin, vmax=vmax)
+    plot_anomaly_overlay(image, amap, mask, predicted_mask=predicted, ax=ax, vmin=vmin, vmax=vmax)
     if lines:
         ax.set_title("\n".join(lines), fontsize=8)
     return fig
@@ -208,6 +213,7 @@ def _metrics_section(ev):
          "Best F1 over all thresholds on image scores; reached with "
          f"--threshold {ev['suggested_threshold']:.6g}."),
     ]
+    rows += _mask_rows(ev)
     table = _table(
         ["Metric", "Value", "Meaning"],
         [[_td(a), _td(b, num=True), f'<td class="help">{html.escape(c)}</td>'] for a, b, c in rows],
@@ -230,6 +236,27 @@ def _metrics_section(ev):
     if ev["pixel_note"]:
         note = f'<p class="note">{html.escape(ev["pixel_note"])}</p>'
     return f"<h2>Summary</h2>{table}{verdict}{note}"
+
+
+def _mask_rows(ev):
+    """The rows of the summary table that score the model's defect masks."""
+    at = (f"the defect masks the model outputs at the threshold {ev['threshold']:.4g} "
+          f"({ev['threshold_source']}) and the pixel threshold {ev['pixel_threshold']:.4g} "
+          f"({ev['pixel_threshold_source']})")
+    return [
+        ("Pixel F1", _fmt(ev["pixel_f1"]),
+         f"Pixel-level F1 of {at}, against the true masks: 2 TP / (2 TP + FP + FN) over all pixels."),
+        ("Pixel IoU", _fmt(ev["pixel_iou"]),
+         "Intersection over union of the predicted and the true defect pixels, over all images."),
+        ("Pixel F1-max (oracle)", _fmt(ev["pixel_f1_max"]),
+         "Best pixel F1 of a single level on the anomaly maps, chosen with the true masks: what a "
+         "pixel threshold calibrated on these masks could reach at best."),
+        ("Defects found", _fmt(ev["region_recall"]),
+         "Fraction of the true defect regions (connected parts of the true masks) that the "
+         "predicted masks touch."),
+        ("False regions per good image", _fmt(ev["false_regions"]),
+         "Predicted defect regions on good images, per good image (false alarms in places)."),
+    ]
 
 
 def _defect_section(ev):
@@ -257,7 +284,8 @@ def _thumbs(ev, idx, heading, explain):
         return ""
     cells = []
     for i in idx:
-        png = overlay_png(ev["images"][i], ev["maps"][i], ev["threshold"], mask=ev["masks"][i], side=320)
+        png = overlay_png(ev["images"][i], ev["maps"][i], ev["threshold"], mask=ev["masks"][i],
+                          predicted=ev["predicted"][i], side=320)
         verdict = "flagged" if ev["flagged"][i] else "not flagged"
         caption = (f"{html.escape(ev['names'][i])}<br>score <b>{ev['scores'][i]:.4g}</b> · "
                    f"{verdict} · {html.escape(str(ev['defect_types'][i]))}")
@@ -324,11 +352,13 @@ def write_report(path, ev):
         '<h2>Curves</h2><div class="curves">' + "".join(_img(png, alt) for png, alt in curves) + "</div>",
         _thumbs(ev, worst_good, "Good images that look most anomalous",
                 "The good images with the highest scores: false alarms, or defects in the good set. "
-                "Red outline: pixels above the threshold; the heat map runs from blue (half the "
-                "threshold) to red (1.5 times the threshold), the same scale on every picture."),
+                "Red outline: the defect regions the model outputs (its mask; none for an image it "
+                "does not flag); the heat map runs from blue (half the threshold) to red (1.5 times "
+                "the threshold), the same scale on every picture."),
         _thumbs(ev, best_bad, "Defective images that look most normal",
                 "The defective images with the lowest scores: the defects the model finds hardest. "
-                "Green outline: the ground-truth defect; red outline: pixels above the threshold."),
+                "Green outline: the ground-truth defect; red outline: the defect regions the model "
+                "outputs."),
         _model_section(ev["info"]),
         f"<script>{_SCRIPT}</script></body></html>",
     ]

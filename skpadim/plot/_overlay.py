@@ -7,7 +7,8 @@ import numpy as np
 
 from ._axes import get_axes
 
-#: Outline colours: ground truth, and the region at or above the threshold.
+#: Outline colours: ground truth, and the predicted defect regions (or the map at or above
+#: the threshold).
 MASK_COLOR = "lime"
 REGION_COLOR = "red"
 #: Colour map of the anomaly heat map (blue = normal, red = anomalous).
@@ -79,20 +80,20 @@ def _check_map(anomaly_map, image_shape):
     return amap.astype(np.float64, copy=False)
 
 
-def _check_mask(mask, image_shape):
+def _check_mask(mask, image_shape, name="mask"):
     if isinstance(mask, (str, os.PathLike)):
         mask = _read_image(mask)
         mask = (mask if mask.ndim == 2 else mask.mean(axis=-1)) > 127
     mask = np.asarray(mask)
     if mask.ndim != 2 or mask.shape != tuple(image_shape):
         raise ValueError(
-            f"mask has shape {mask.shape} but image has shape {tuple(image_shape)} "
-            "(height, width); the mask must have the image's height and width."
+            f"{name} has shape {mask.shape} but image has shape {tuple(image_shape)} "
+            f"(height, width); the {name} must have the image's height and width."
         )
     if mask.dtype != bool:
         if mask.dtype.kind not in "uif" or np.any((mask != 0) & (mask != 1)):
             raise ValueError(
-                "mask must be boolean or hold only 0 (normal) and 1 (anomalous)."
+                f"{name} must be boolean or hold only 0 (normal) and 1 (anomalous)."
             )
         mask = mask == 1
     return mask
@@ -127,13 +128,14 @@ def plot_anomaly_overlay(
     mask=None,
     *,
     threshold=None,
+    predicted_mask=None,
     ax=None,
     alpha=0.5,
     vmin=None,
     vmax=None,
     title=None,
 ):
-    """Draw an image with its anomaly map, defect outline and flagged region.
+    """Draw an image with its anomaly map, true defect outline and predicted defect regions.
 
     Parameters
     ----------
@@ -149,7 +151,11 @@ def plot_anomaly_overlay(
     threshold : float, default=None
         Map level; the pixels with ``anomaly_map >= threshold`` are outlined
         in red.  ``-detector.offset_`` is the level at which the detector
-        flags an image (see :func:`plot_detection`).
+        flags an image.
+    predicted_mask : ndarray of shape (H, W), default=None
+        The detector's defect mask, boolean or {0, 1}, e.g.
+        ``detector.anomaly_mask(X)[i]``: its regions are outlined in red
+        (instead of the pixels above ``threshold``; pass one of the two).
     ax : matplotlib Axes, default=None
         Where to draw; the current axes when None.
     alpha : float in [0, 1], default=0.5
@@ -165,8 +171,9 @@ def plot_anomaly_overlay(
     ax : matplotlib Axes
         With two images (the picture, then the heat map: ``ax.images[-1]``,
         e.g. for ``plt.colorbar(ax.images[-1], ax=ax)``), one contour set per
-        non-empty outline and, when ``mask`` or ``threshold`` is given, a
-        legend naming the outline colours, below the picture.
+        non-empty outline and, when ``mask``, ``threshold`` or
+        ``predicted_mask`` is given, a legend naming the outline colours,
+        below the picture.
 
     Notes
     -----
@@ -189,6 +196,10 @@ def plot_anomaly_overlay(
     >>> ax = plot_anomaly_overlay(image, amap, amap > 0, threshold=2.0, ax=ax)
     >>> len(ax.images), [t.get_text() for t in ax.get_legend().get_texts()]
     (2, ['defect (ground truth)', 'map ≥ 2 (flagged)'])
+    >>> ax.clear()
+    >>> ax = plot_anomaly_overlay(image, amap, amap > 0, predicted_mask=amap > 4, ax=ax)
+    >>> [t.get_text() for t in ax.get_legend().get_texts()]
+    ['defect (ground truth)', 'defect regions (predicted)']
     >>> plt.close(fig)
     """
     image, shape, image_kwargs = _check_image(image)
@@ -197,6 +208,11 @@ def plot_anomaly_overlay(
         mask = _check_mask(mask, shape)
     if threshold is not None:
         threshold = _check_real(threshold, "threshold")
+    if predicted_mask is not None:
+        if threshold is not None:
+            raise ValueError("pass threshold (outline the map above a level) or predicted_mask "
+                             "(outline a detector's defect regions), not both.")
+        predicted_mask = _check_mask(predicted_mask, shape, "predicted_mask")
     alpha = _check_real(alpha, "alpha")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
@@ -216,6 +232,11 @@ def plot_anomaly_overlay(
         handles.append(
             Line2D([], [], color=REGION_COLOR, lw=1.5, label=f"map ≥ {threshold:.3g} (flagged)")
         )
+    if predicted_mask is not None:
+        from matplotlib.lines import Line2D
+
+        _outline(ax, predicted_mask, REGION_COLOR)
+        handles.append(Line2D([], [], color=REGION_COLOR, lw=1.5, label="defect regions (predicted)"))
     if handles:
         # Below the picture, so that it hides no part of it.
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0),
@@ -229,19 +250,23 @@ def plot_anomaly_overlay(
 
 
 def plot_detection(detector, image, mask=None, ax=None, *, alpha=0.5, vmin=None, vmax=None):
-    """Overlay a fitted detector's anomaly map and decision on one image.
+    """Overlay a fitted detector's anomaly map, decision and defect regions on one image.
 
     Computes ``detector.anomaly_map`` and ``detector.score_samples`` of the
-    image and calls :func:`plot_anomaly_overlay` with
-    ``threshold = -detector.offset_``: ``predict`` flags an image when
-    ``score_samples < offset_``, i.e. when the maximum of its anomaly map
-    exceeds ``-offset_``.  The title gives the decision and the score.
+    image: ``predict`` flags an image when ``score_samples < offset_``,
+    i.e. when the maximum of its anomaly map exceeds ``-offset_``.  The
+    title gives the decision, the score and the threshold ``-offset_``.
+    The detector's defect regions (``detector.anomaly_mask``; none for an
+    image it calls normal) are outlined in red; a detector without
+    ``anomaly_mask`` gets the pixels of ``anomaly_map >= -offset_``
+    outlined instead.
 
     Parameters
     ----------
     detector : fitted PadimDetector
-        Or any detector with ``anomaly_map``, ``score_samples`` and
-        ``offset_`` in the same conventions.
+        Or an exported detector of :mod:`skpadim.runtime`, or any detector
+        with ``anomaly_map``, ``score_samples`` and ``offset_`` (and
+        ``anomaly_mask``) in the same conventions.
     image : ndarray of shape (H, W) or (H, W, C), or path
         One image, as accepted by the detector.
     mask : ndarray of shape (H, W) or path, default=None
@@ -273,7 +298,9 @@ def plot_detection(detector, image, mask=None, ax=None, *, alpha=0.5, vmin=None,
     verdict = "anomalous" if flagged else "normal"
     sign = ">" if flagged else "≤"
     title = f"{verdict}: score {score:.3g} {sign} threshold {threshold:.3g}"
+    outline = {"threshold": threshold}
+    if hasattr(detector, "anomaly_mask"):
+        outline = {"predicted_mask": np.asarray(detector.anomaly_mask(batch)[0])}
     return plot_anomaly_overlay(
-        shown, amap, mask, threshold=threshold, ax=ax, alpha=alpha, vmin=vmin,
-        vmax=vmax, title=title,
+        shown, amap, mask, ax=ax, alpha=alpha, vmin=vmin, vmax=vmax, title=title, **outline,
     )
