@@ -56,7 +56,7 @@ def _timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder of image files (default: generated)")
     parser.add_argument("--n", type=int, default=96, help="number of images (default: 96)")
@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's); 1 is the least noisy on a shared machine")
     parser.add_argument("--quick", action="store_true", help="8 images of 64 px, once")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         import torch
 

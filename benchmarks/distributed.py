@@ -24,6 +24,7 @@ Usage::
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -296,7 +297,7 @@ def projection(costs, n_images, bandwidth, split_every=4):
 # ------------------------------------------------------------------ main
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="16 images of 48 px, 1 round (smoke test)")
     ap.add_argument("--n", type=int, default=800, help="images (default 800)")
@@ -306,7 +307,10 @@ def main():
                     help="only measure the unit costs and print the projection")
     ap.add_argument("--bandwidth", type=float, default=1.25e9,
                     help="bytes/s between machines for the projection (default 1.25e9: 10 Gbit/s)")
-    args = ap.parse_args()
+    ap.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                    help="use the running cluster at ADDRESS (two 1-thread workers, as the LocalCluster "
+                         "this script starts otherwise)")
+    args = ap.parse_args(argv)
     if args.quick:
         args.n, args.size, args.rounds = 16, 48, 1
     if args.projection_only:
@@ -328,8 +332,9 @@ def main():
     ]))
     with tempfile.TemporaryDirectory() as folder:
         paths = make_images(args.n, args.size, folder)
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-                Client(cluster, set_as_default=False) as client:
+        cluster = (contextlib.nullcontext(args.scheduler) if args.scheduler else
+                   LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"))
+        with cluster as target, Client(target, set_as_default=False) as client:
             # Warm-up, not timed: imports and first calls in every process.
             run_fit_local(params, paths[:8])
             run_fit_cluster(params, paths[:8], client, 4)

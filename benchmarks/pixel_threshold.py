@@ -167,7 +167,7 @@ def cost(data, repeats=3):
     return best, float(data["map_s_per_image"])
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="generated images only, small (well under a minute)")
     parser.add_argument("--configs", nargs="*", help=f"among {sorted(CONFIGS)}")
@@ -175,7 +175,7 @@ def main():
     parser.add_argument("--mt-root", default=os.environ.get(
         "SKPADIM_MAGNETIC_TILE", os.path.join(REPO, "..", "shared", "data", "magnetic-tile")))
     parser.add_argument("--json", help="also write the tables and raw results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     names = args.configs or (QUICK if args.quick else FULL)
     t_start = time.perf_counter()
 

@@ -145,8 +145,9 @@ def _generate(folder, size, n_train, n_test_each, chunk=4):
         os.replace(os.path.join(folder, name + ".tmp.npy"), os.path.join(folder, name + ".npy"))
 
 
-def _run(case, variant):
-    child = run_child([os.path.abspath(__file__), "--child", json.dumps({**case, "variant": variant})])
+def _run(case, variant, in_process=False):
+    child = run_child([os.path.abspath(__file__), "--child", json.dumps({**case, "variant": variant})],
+                      in_process=in_process)
     if child["returncode"] != 0:
         raise RuntimeError(f"{case['name']} / {variant} failed ({child['returncode']}):\n{child['stderr'][-3000:]}")
     result = json.loads([ln for ln in child["stdout"].splitlines() if ln.startswith("RESULT ")][-1][7:])
@@ -203,7 +204,7 @@ def main(argv=None):
                 "stride": args.tile, "squash": 224, "n_features": args.n_features,
                 "batch_size": args.batch_size}
         for variant in VARIANTS:  # one size's variants in a row: the same data, the same load
-            r = results[f"{size}/{variant}"] = _run(case, variant)
+            r = results[f"{size}/{variant}"] = _run(case, variant, in_process=args.quick)
             rows.append(_row(f"{size} px ({n_train} train, {2 * n_test} test)", variant, r, size * size / 1e6))
     root = os.environ.get("SKPADIM_MAGNETIC_TILE", os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), "..", "shared", "data", "magnetic-tile"))
@@ -212,7 +213,7 @@ def main(argv=None):
                 "test_step": args.mt_test_step, "native_size": [320, 320], "tile": 224, "stride": 96, "squash": 224,
                 "n_features": args.n_features, "batch_size": args.batch_size}
         for variant in VARIANTS:
-            r = results[f"magnetic-tile/{variant}"] = _run(case, variant)
+            r = results[f"magnetic-tile/{variant}"] = _run(case, variant, in_process=args.quick)
             rows.append(_row(f"Magnetic Tile ({args.mt_train} train, {r.get('n_test', '?')} test)", variant, r,
                              320 * 320 / 1e6))
     report.table("tiles", header, rows)

@@ -1,4 +1,7 @@
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,30 @@ def assert_close_regions(got, expected, rtol=1e-4):
             assert max(abs(a - b) for a, b in zip(g.box, e.box)) <= 1, (g, e)
             assert abs(g.area - e.area) <= 2 + 0.02 * e.area, (g, e)
             assert abs(g.peak - e.peak) <= rtol * abs(e.peak) and abs(g.mean - e.mean) <= rtol * abs(e.peak)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def run_benchmark(monkeypatch, tmp_path):
+    """``run(script, *args)``: ``python benchmarks/SCRIPT args`` run in this process (the
+    script's ``main(args)``, from ``tmp_path``, without an interpreter and torch to start);
+    returns what it printed."""
+    # Last on the path: benchmarks/distributed.py must not hide Dask's package of that name.
+    monkeypatch.setattr(sys, "path", [*sys.path, str(BENCHMARKS)])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+    def run(script, *args):
+        from _common import load_script
+
+        args = [str(a) for a in args]
+        monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), *args])  # the command it reports
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = load_script(BENCHMARKS / script).main(args)
+        assert not code, f"{script} returned {code}:\n{out.getvalue()[-3000:]}"
+        return out.getvalue()
+
+    return run

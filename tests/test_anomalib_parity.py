@@ -17,8 +17,6 @@ run at the end of this file on the real data set (its results.json is read).
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -32,7 +30,6 @@ from skpadim.datasets import make_anomaly_images
 from skpadim.metrics import image_auroc
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "compare_anomalib.py"
 ADAPTER = REPO / "benchmarks" / "anomalib_adapter.py"
 ANOMALIB_EPSILON = 0.01 + 1e-5  # anomalib 2.x: cov + 0.01 I, then + 1e-5 I
 SIZE = 64
@@ -146,10 +143,8 @@ def test_default_epsilon_is_the_only_difference(data, theirs):
 # Smoke test of the benchmark script on the real data set
 # --------------------------------------------------------------------------
 @pytest.mark.realdata
-def test_benchmark_quick(magnetic_tile, tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--root", str(magnetic_tile), "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_benchmark_quick(magnetic_tile, tmp_path, run_benchmark):
+    run_benchmark("compare_anomalib.py", "--quick", "--root", magnetic_tile, "--out", tmp_path)
     report = json.loads((tmp_path / "quick" / "results.json").read_text())
     rows = {r["impl"]: r for r in report["rows"]}
     assert sorted(rows) == ["anomalib", "skpadim"], report["rows"]

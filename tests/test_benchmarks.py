@@ -1,15 +1,17 @@
 """The measurement scripts in benchmarks/ still run against the library.
 
-Their quick modes run here and write their results as JSON, which is read
-back: the machine is described, every table is there, every duration is
-finite and positive, and speed.py saw every stage range the detector marks
-for each batch. The timings themselves are never asserted: they depend on
-the machine.
+Their quick modes run here, in this process (each script's ``main``, as
+``python benchmarks/SCRIPT --quick`` would run it, without an interpreter
+and torch to start for each), and write their results as JSON, which is
+read back: the machine is described, every table is there, every duration
+is finite and positive, and speed.py saw every stage range the detector
+marks for each batch. The timings themselves are never asserted: they
+depend on the machine. Scripts whose point is a fresh process (peak memory,
+allocator settings at start-up) keep their child processes.
 """
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,30 +21,30 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_quick(script, tmp_path, *extra):
-    out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", *extra, "--json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    data = json.loads(out.read_text())
-    env = data["environment"]
-    assert env["cpu"] and env["cores"] >= 1 and isinstance(env["cpu_flags"], list), env
-    assert env["versions"]["torch"] and env["versions"]["skpadim"], env
-    assert env["command"].startswith(f"python benchmarks/{script} --quick"), env
-    for key, tab in data["tables"].items():  # what was printed is in the JSON too
-        assert tab["rows"] and all(len(row) == len(tab["header"]) for row in tab["rows"]), key
-        assert tab["header"][0] in proc.stdout and tab["rows"][0][0] in proc.stdout, key
-    return data
+@pytest.fixture
+def run_quick(run_benchmark, tmp_path):
+    def run(script, *extra):
+        out = tmp_path / "results.json"
+        stdout = run_benchmark(script, "--quick", *extra, "--json", out)
+        data = json.loads(out.read_text())
+        env = data["environment"]
+        assert env["cpu"] and env["cores"] >= 1 and isinstance(env["cpu_flags"], list), env
+        assert env["versions"]["torch"] and env["versions"]["skpadim"], env
+        assert env["command"].startswith(f"python benchmarks/{script} --quick"), env
+        for key, tab in data["tables"].items():  # what was printed is in the JSON too
+            assert tab["rows"] and all(len(row) == len(tab["header"]) for row in tab["rows"]), key
+            assert tab["header"][0] in stdout and tab["rows"][0][0] in stdout, key
+        return data
+
+    return run
 
 
 def positive(x):
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_speed_quick_mode_times_every_stage(tmp_path):
-    data = run_quick("speed.py", tmp_path)
+def test_speed_quick_mode_times_every_stage(run_quick):
+    data = run_quick("speed.py")
     assert set(data["tables"]) == {"resnet18/variants", "resnet18/fit stages", "resnet18/score_samples stages"}
     variants = [row[0] for row in data["tables"]["resnet18/variants"]["rows"]]
     assert variants == ["backbone (float32, NCHW: the baseline)", "backbone, profiled",
@@ -70,15 +72,15 @@ def test_speed_quick_mode_times_every_stage(tmp_path):
     assert all(positive(v) for v in result["ratios"].values())
 
 
-def test_speed_batch_sweep_times_each_batch_size(tmp_path):
-    data = run_quick("speed.py", tmp_path, "--batch-sweep", "4", "8")
+def test_speed_batch_sweep_times_each_batch_size(run_quick):
+    data = run_quick("speed.py", "--batch-sweep", "4", "8")
     rows = data["tables"]["resnet18/batch sizes"]["rows"]
     assert [row[0] for row in rows] == ["4", "8"]
     assert all(positive(float(cell.split()[0])) for row in rows for cell in row[1:])
 
 
-def test_memory_quick_mode(tmp_path):
-    data = run_quick("memory.py", tmp_path)
+def test_memory_quick_mode(run_quick):
+    data = run_quick("memory.py")
     assert set(data["tables"]) == {"fit", "joblib"}
     cases = data["results"]["cases"]
     assert cases["small"]["n_samples_seen"] == 16 and cases["large"]["n_samples_seen"] == 48
@@ -91,10 +93,10 @@ def test_memory_quick_mode(tmp_path):
     assert data["tables"]["joblib"]["rows"][0][-1] == "yes"
 
 
-def test_gpu_check_cpu_twin(tmp_path):
+def test_gpu_check_cpu_twin(run_quick):
     """The GPU check's own code path, on the CPU: the device run equals the CPU reference
     exactly, and anomalib's maps match skpadim's as in the parity test."""
-    data = run_quick("gpu_check.py", tmp_path, "--device", "cpu")
+    data = run_quick("gpu_check.py", "--device", "cpu")
     assert set(data["tables"]) == {"speed", "metrics", "parity"}
     speed = {row[0]: row for row in data["tables"]["speed"]["rows"]}
     assert set(speed) == {"skpadim on cpu", "anomalib on cpu", "skpadim on cpu, backbone_dtype=bfloat16",
@@ -122,18 +124,17 @@ def test_gpu_check_cpu_twin(tmp_path):
                      marks=[pytest.mark.onnx, pytest.mark.openvino]),
     ],
 )
-def test_other_quick_modes_run(script, expected, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+def test_other_quick_modes_run(script, expected, run_benchmark, request):
+    extra = []
+    if script == "distributed.py":  # the session's cluster, not one more of the script's own
+        extra = ["--scheduler", request.getfixturevalue("dask_client").scheduler.address]
+    stdout = run_benchmark(script, "--quick", *extra)
     for text in expected:
-        assert text in proc.stdout, f"{text!r} missing from the output of {script}:\n{proc.stdout[-3000:]}"
+        assert text in stdout, f"{text!r} missing from the output of {script}:\n{stdout[-3000:]}"
 
 
-def test_tiles_quick_mode(tmp_path):
-    data = run_quick("tiles.py", tmp_path)
+def test_tiles_quick_mode(run_quick):
+    data = run_quick("tiles.py")
     rows = data["tables"]["tiles"]["rows"]
     assert [row[1] for row in rows] == ["resize 224", "tiles, shared", "tiles, position"]
     for key, case in data["results"]["cases"].items():
@@ -163,8 +164,8 @@ def _check_pixel_threshold(data, name):
     return data
 
 
-def test_pixel_threshold_quick_mode(tmp_path):
-    data = _check_pixel_threshold(run_quick("pixel_threshold.py", tmp_path, "--cache", str(tmp_path / "cache")),
+def test_pixel_threshold_quick_mode(run_quick, tmp_path):
+    data = _check_pixel_threshold(run_quick("pixel_threshold.py", "--cache", str(tmp_path / "cache")),
                                   "quick-gen-128")
     for gate in ("auto", "0.05", "labels"):
         (res,) = data["results"][f"gate {gate}"]
@@ -176,13 +177,9 @@ def test_pixel_threshold_quick_mode(tmp_path):
 
 
 @pytest.mark.realdata
-def test_pixel_threshold_on_magnetic_tile(magnetic_tile, tmp_path):
+def test_pixel_threshold_on_magnetic_tile(magnetic_tile, run_benchmark, tmp_path):
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "pixel_threshold.py"), "--configs", "quick-mt", "--mt-root",
-         str(magnetic_tile), "--cache", str(tmp_path / "cache"), "--json", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| quick-mt" in proc.stdout
+    stdout = run_benchmark("pixel_threshold.py", "--configs", "quick-mt", "--mt-root", magnetic_tile,
+                        "--cache", tmp_path / "cache", "--json", out)
+    assert "| quick-mt" in stdout
     _check_pixel_threshold(json.loads(out.read_text()), "quick-mt")
