@@ -145,7 +145,7 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     images before it have their results. Errors of
     the detector itself (out of memory, a bad model) propagate.
     """
-    batch = int(detector.batch_size)
+    batch = 32 if isinstance(detector.batch_size, str) else int(detector.batch_size)  # "auto": 32 on a CPU
     chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
     pending, images, nbytes = [], [], 0

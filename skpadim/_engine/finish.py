@@ -19,10 +19,13 @@ the statistics and the calibration sample alone, never the backbone:
 
 from typing import NamedTuple, Union
 
+import numpy as np
+
 from .calibration import n_held_out
 from .maps import image_scores
 from .progress import stage
 from .shifts import offsets, to_patches
+from .transfer import is_staged
 
 
 class FitOptions(NamedTuple):
@@ -51,18 +54,19 @@ def held_out_embedding(layout, sample, n, device):
     return layout.embed_kept(items).to(device), held_out
 
 
-def finish_positions(stats, emb, options, grid, first=0, *, held_out=True):
+def finish_positions(stats, emb, options, grid, first=0, *, held_out=True, host=None):
     """``(precision, squared)`` for the Gaussians of ``stats``, the statistics of the
     positions ``first:first + len`` of the patch grid (all of them in one process, a
     block of them on a cluster worker).
 
-    ``precision``: (len, d, d) float32; ``squared``: one (len, k) float64
+    ``precision``: (len, d, d) float32 (also copied into the numpy array
+    ``host``, if given, as it is computed); ``squared``: one (len, k) float64
     tensor per step of the shift window (:mod:`.shifts`), the squared
     distances of the held-out patches ``emb`` (every position's, as
     :func:`held_out_embedding` gives them) to these Gaussians.
     """
     with stage("precision"):
-        precision = stats.precision(options.epsilon, covariance=options.covariance)
+        precision = stats.precision(options.epsilon, covariance=options.covariance, host=host)
     with stage("calibration"):
         squared = stats.squared_distances(
             emb, options.epsilon, held_out=held_out, radius=options.shift_tolerance, grid=grid,
@@ -79,9 +83,12 @@ def finish(state, stats, sample, rng, options, finished=None):
     """
     new = state.replaced(stats, sample, rng)
     layout = new.layout
+    host = None  # on a GPU, the precisions' numpy array, filled while they are computed
     if finished is None:
         emb, held_out = held_out_embedding(layout, sample, new.n, stats.outer.device)
-        finished = finish_positions(stats, emb, options, layout.grid, held_out=held_out)
+        if is_staged(stats.outer.device):
+            host = np.empty(tuple(stats.outer.shape), np.float32)
+        finished = finish_positions(stats, emb, options, layout.grid, held_out=held_out, host=host)
     precision, squared = finished
     with stage("calibration"):
         radius = options.shift_tolerance
@@ -91,5 +98,5 @@ def finish(state, stats, sample, rng, options, finished=None):
         calibration = -image_scores(maps, options.image_score).double().cpu().numpy()
     if len(calibration) != max(1, n_held_out(new.n)):
         raise RuntimeError(f"{len(calibration)} calibration scores for {new.n} images")
-    new.set_fitted(options, stats.mean(), precision, calibration)
+    new.set_fitted(options, stats.mean(), precision, calibration, host)
     return new
