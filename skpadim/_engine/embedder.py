@@ -22,8 +22,9 @@ from .transfer import Staging, ahead
 #: Device types whose backbone runs in the channels_last memory format (NHWC):
 #: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
 #: resnet18 and wide_resnet50_2 (benchmarks/speed.py), with the same results
-#: up to float32 rounding; cuDNN's tensor-core convolutions on CUDA GPUs, in
-#: every backbone_dtype (benchmarks/gpu_check.py).
+#: up to float32 rounding. CUDA GPUs too, in every backbone_dtype: cuDNN's
+#: tensor-core convolutions work in NHWC (benchmarks/gpu_check.py times the
+#: detector against the bare backbone in that layout, docs/performance.md).
 CHANNELS_LAST = {"cpu", "cuda"}
 
 #: Device types where a reduced backbone_dtype casts the weights of the forward pass's

@@ -134,25 +134,24 @@ class Staging:
             groups.setdefault(a.dtype, []).append(i)
         sizes = {dt: sum(arrays[i].size for i in idx) * dt.itemsize for dt, idx in groups.items()}
         storage = self._buffer(sum(_aligned(s) for s in sizes.values()))
-        tensors, start, copies = [None] * len(arrays), 0, []
+        places, start, copies = [None] * len(arrays), 0, []  # (offset, size) in its dtype's block
         for dt, idx in groups.items():
             flat = storage[start : start + sizes[dt]].view(_TORCH_DTYPES[dt])
             start += _aligned(sizes[dt])
             offset = 0
             for i in idx:
                 a = arrays[i]
-                dst = flat[offset : offset + a.size].view(a.shape)
-                _host_copy(dst, a)
-                tensors[i] = (offset, a.size, a.shape)
+                _host_copy(flat[offset : offset + a.size].view(a.shape), a)
+                places[i] = (offset, a.size)
                 offset += a.size
             copies.append((flat[:offset], idx))
         out = [None] * len(arrays)
-        with _on(self.stream):
+        with _on(self.stream):  # one copy per dtype
             for flat, idx in copies:
                 dev = flat.to(self.device, non_blocking=self.pin, copy=True)  # the buffer is reused
                 for i in idx:
-                    offset, size, shape = tensors[i]
-                    out[i] = dev[offset : offset + size].view(shape)
+                    offset, size = places[i]
+                    out[i] = dev[offset : offset + size].view(arrays[i].shape)
         event = self.stream.record_event() if self.stream is not None else None
         self._buffers[self._turn] = (storage, event)
         self._turn = (self._turn + 1) % self.BUFFERS
