@@ -16,7 +16,7 @@ Examples
 >>> write_bytes(path, b"first")
 >>> try:
 ...     with atomic_file(path) as f:
-...         f.write(b"half-writ")
+...         _ = f.write(b"half-writ")
 ...         raise RuntimeError("stopped")
 ... except RuntimeError:
 ...     pass

@@ -16,13 +16,15 @@ one of :mod:`skpadim.runtime`.
 """
 
 import collections
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "score_images", "strict_error"]
+__all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "first_readable", "score_images",
+           "strict_error"]
 
 # Images per detector call in score_images: several batches, within a memory budget.
 CHUNK_BATCHES = 4
@@ -30,7 +32,8 @@ CHUNK_BYTES = 256 * 2**20
 
 
 class ImageFailure(NamedTuple):
-    """An input that could not be read: the path and why, in a few words."""
+    """An input that could not be used (unreadable, or a size the model cannot take): the
+    path and why, in a few words."""
 
     path: str
     reason: str
@@ -68,14 +71,16 @@ def _unreadable(path, exc):
     return ImageFailure(os.fspath(path), reason or type(exc).__name__)
 
 
-def decode(items, *, n_threads=2, ahead=64, gray=False):
+def decode(items, *, n_threads=2, ahead=64, gray=False, size_rule=None):
     """Yield ``(index, path, image or ImageFailure)`` for every item, in order.
 
     Files are decoded in ``n_threads`` background threads, at most
     ``ahead`` images ahead of the consumer (which bounds the memory held).
     A file that cannot be decoded yields an :class:`ImageFailure`; nothing
     is raised for it. ``gray=True`` returns (H, W) images (for a model
-    fitted on one-channel arrays) and refuses color ones.
+    fitted on one-channel arrays) and refuses color ones. ``size_rule((h,
+    w))``, when given, says why an image of that size cannot be used (a
+    reason, or None): such an image is an :class:`ImageFailure` too.
     """
     items = list(items)
     decode_one = _decoder(gray)
@@ -84,9 +89,11 @@ def decode(items, *, n_threads=2, ahead=64, gray=False):
         if isinstance(item, ImageFailure):
             return item
         try:
-            return decode_one(item)
+            image = decode_one(item)
         except (ValueError, OSError) as exc:  # UnreadableImageError is a ValueError
             return _unreadable(item, exc)
+        problem = None if size_rule is None else size_rule(image.shape[:2])
+        return image if problem is None else ImageFailure(os.fspath(item), problem)
 
     pool = ThreadPoolExecutor(max_workers=max(1, n_threads))
     queue = collections.deque()
@@ -103,18 +110,20 @@ def decode(items, *, n_threads=2, ahead=64, gray=False):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def check_files(items, *, strict=False, on_failure=None, on_image=None, n_threads=None):
-    """Decode every file once; return ``(readable paths, failures)``.
+def check_files(items, *, strict=False, on_failure=None, on_image=None, n_threads=None,
+                size_rule=None):
+    """Decode every file once; return ``(usable paths, failures)``.
 
     The check ``skpadim fit`` runs before its first forward pass, in
     ``n_threads`` threads (default: every core): a fit that starts will
-    not stop at a bad file. ``on_failure(failure)`` is called for each
+    not stop at a bad file. ``size_rule``: see :func:`decode` (the sizes a
+    fit at the native size takes). ``on_failure(failure)`` is called for each
     failure as found, ``on_image()`` after each item. With ``strict=True``
     the first failure raises :class:`~skpadim.exceptions.UnreadableImageError`.
     """
     n_threads = n_threads or _cores()
     ok, failures = [], []
-    for _, path, got in decode(items, n_threads=n_threads, ahead=4 * n_threads):
+    for _, path, got in decode(items, n_threads=n_threads, ahead=4 * n_threads, size_rule=size_rule):
         if isinstance(got, ImageFailure):
             if strict:
                 raise strict_error(got)
@@ -128,7 +137,20 @@ def check_files(items, *, strict=False, on_failure=None, on_image=None, n_thread
     return ok, failures
 
 
-def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2):
+def first_readable(items):
+    """``(path, (h, w))`` of the first item that decodes, in order; None if none does.
+
+    What fixes the size of a fit at the native size (``image_size=None``):
+    the first training image that can be read.
+    """
+    for _, path, got in decode(items, n_threads=1, ahead=0):
+        if not isinstance(got, ImageFailure):
+            return path, tuple(int(v) for v in got.shape[:2])
+    return None
+
+
+def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2,
+                 native="image_size=None"):
     """Yield an :class:`ImageResult` for every item, in order.
 
     Readable images are scored ``chunk_size`` at a time (default: four of
@@ -139,17 +161,24 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     detector on the same files. Calls span several batches because each
     call sets up its heap and returns it to the system at the end; one
     call per batch pays that every batch (benchmarks/cli_batch.py).
-    Unreadable images come back with ``error`` set, in their place; with
+    Unreadable images, and images of a size the model cannot take
+    (:func:`skpadim._sizes.size_problem`: another size than the training
+    images' for a model fitted at the native size), come back with ``error``
+    set, in their place, and are never passed to the detector (``native``: how
+    the reason names the native size's setting); with
     ``strict=True`` the first one raises
     :class:`~skpadim.exceptions.UnreadableImageError` instead, once the
     images before it have their results. Errors of
     the detector itself (out of memory, a bad model) propagate.
     """
+    from ._sizes import size_problem
+
     batch = 32 if isinstance(detector.batch_size, str) else int(detector.batch_size)  # "auto": 32 on a CPU
     chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
+    size_rule = functools.partial(size_problem, detector.fitted_params_, native=native)
     pending, images, nbytes = [], [], 0
-    for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray):
+    for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray, size_rule=size_rule):
         if isinstance(got, ImageFailure):
             if strict:  # the images before it still get their results
                 yield from _score_batch(detector, pending, images, with_maps)
@@ -185,7 +214,7 @@ def strict_error(failure):
     from .exceptions import UnreadableImageError
 
     return UnreadableImageError(
-        f"could not read image file '{failure.path}': {failure.reason}",
+        f"cannot use image file '{failure.path}': {failure.reason}",
         path=failure.path, reason=failure.reason,
     )
 

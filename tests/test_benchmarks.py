@@ -91,32 +91,6 @@ def test_memory_quick_mode(tmp_path):
     assert data["tables"]["joblib"]["rows"][0][-1] == "yes"
 
 
-def test_precision_kernels_quick_mode(tmp_path):
-    data = run_quick("precision_kernels.py", tmp_path)
-    assert set(data["tables"]) == {"steps", "calls", "update"}
-    steps = [row[1] for row in data["tables"]["steps"]["rows"]]
-    assert "inverse: cholesky_inverse [library]" in steps
-    calls = [row[1] for row in data["tables"]["calls"]["rows"]]
-    assert calls == ["precision(0.01)", "distances_of(64 images, held_out=True)"]
-    for key in ("steps", "calls", "update"):
-        for row in data["tables"][key]["rows"]:
-            numbers = [float(c.rstrip("x")) for c in row[2:]]
-            assert all(positive(x) for x in numbers), row
-
-
-def test_calibration_shortcut_quick_mode(tmp_path):
-    data = run_quick("calibration_shortcut.py", tmp_path)
-    assert set(data["tables"]) == {"speed", "calibration"}
-    for row in data["tables"]["speed"]["rows"]:
-        assert all(positive(float(c.rstrip("x"))) for c in row[3:]), row
-    rows = data["tables"]["calibration"]["rows"]
-    assert [row[0] for row in rows] == ["exact", "ridge", "scatter"]
-    assert float(rows[0][-1]) == 0.0  # the exact definition against itself
-    for row in rows:
-        assert all(0 <= float(c) <= 1 for c in row[1:4]), row
-    assert float(rows[1][-1]) < 0 < float(rows[2][-1])  # a larger ridge lowers the distances
-
-
 def test_gpu_check_cpu_twin(tmp_path):
     """The GPU check's own code path, on the CPU: the device run equals the CPU reference
     exactly, anomalib's maps match skpadim's as in the parity test, and every part (the
@@ -182,17 +156,3 @@ def test_tiles_quick_mode(tmp_path):
         assert all(0 <= case[m] <= 1 for m in ("image_auroc", "pixel_auroc", "aupro")), key
     shared, position = data["results"]["cases"]["64/tiles, shared"], data["results"]["cases"]["64/tiles, position"]
     assert shared["params"]["tile_size"] == position["params"]["tile_size"] == 32
-
-
-def test_accuracy_round2_quick_mode(tmp_path):
-    data = run_quick("accuracy_round2.py", tmp_path)
-    (res,) = data["results"]
-    rows = {r["variant"]: r for r in res["rows"]}
-    assert {"base/max", "base/top1%", "base+align/max", "nbr3/max", "oas/max", "base+flip-h/max"} <= set(rows)
-    base = rows["base/max"]
-    assert base["delta/image_auroc"] == [0.0, 0.0, 0.0]
-    for r in rows.values():
-        for m in ("image_auroc", "pixel_auroc", "aupro"):
-            point, lo, hi = r[f"delta/{m}"]
-            assert lo <= point + 1e-12 and point <= hi + 1e-12 and 0 <= r[f"report/{m}"] <= 1, r
-    assert set(res["chosen"]) == {"image score", "neighbourhood", "misalignment", "flips", "covariance"}

@@ -27,7 +27,7 @@ from cli_helpers import FAST, cli, one_thread, read_csv, run_many, save_png, sta
 from cli_helpers import permission_denied_works
 
 from skpadim import PadimDetector
-from skpadim.cli._model import describe
+from skpadim.cli._describe import describe
 from skpadim.datasets import make_anomaly_images
 from skpadim.metrics import image_auroc
 
@@ -148,8 +148,8 @@ def all_bad(in_root):
 
 
 def _warned(stderr):
-    """{path: reason} of the 'cannot read' warnings on stderr."""
-    return dict(re.findall(r"skpadim: warning: cannot read '([^']+)': (.*); skipped", stderr))
+    """{path: reason} of the 'cannot use' warnings on stderr."""
+    return dict(re.findall(r"skpadim: warning: cannot use '([^']+)': (.*); skipped", stderr))
 
 
 def _check_reasons(found, expected, root):
@@ -168,7 +168,7 @@ def test_fit_skips_unreadable_files_and_says_which(bad):
     assert fit.returncode == 3, fit.stderr
     n_bad = len(bad["train"])
     assert "Fitted 12 good images from good" in fit.stdout
-    assert f"Skipped {n_bad} of {12 + n_bad} images that could not be read:" in fit.stdout
+    assert f"Skipped {n_bad} of {12 + n_bad} images:" in fit.stdout
     listed = dict(re.findall(r"^  (\S+): (.*)$", fit.stdout, re.M))
     _check_reasons(listed, bad["train"], root)
     _check_reasons(_warned(fit.stderr), bad["train"], root)
@@ -187,7 +187,7 @@ def test_fit_skips_unreadable_files_and_says_which(bad):
 def test_info_shows_the_images_skipped_at_fit(bad, capsys):
     status, out, err = cli(capsys, "info", bad["root"] / "model.skpadim")
     assert status == 0, err
-    assert re.search(rf"^training images\s+12 \({len(bad['train'])} unreadable files skipped at fit\)$",
+    assert re.search(rf"^training images\s+12 \({len(bad['train'])} images skipped at fit\)$",
                      out, re.M)
 
 
@@ -197,7 +197,7 @@ def test_fit_strict_stops_before_fitting(bad, in_root, capsys):
     first = sorted(os.path.relpath(p, in_root) for p in bad["train"])[0]
     assert first == "good/004_corrupt.png" and out == ""
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"skpadim: error: could not read image file '{first}'")
+    assert last.startswith(f"skpadim: error: cannot use image file '{first}'")
     assert "nothing was fitted" in last and "--strict" in last
     assert "fit:" not in err  # stopped before the first forward pass
     assert not (in_root / "strict.skpadim").exists()
@@ -233,7 +233,7 @@ def test_predict_gives_every_image_a_row_and_goes_on(bad, runs):
                                rtol=1e-5)
     assert [row["label"] == "anomalous" for row in scored] == list(model.predict(files) == -1)
     n_bad = len(bad["new"])
-    assert f"{n_bad} of {10 + n_bad} images could not be read" in r.stderr
+    assert f"{n_bad} of {10 + n_bad} images could not be scored" in r.stderr
     assert "images flagged as anomalous" in r.stderr and f"{10 + n_bad}/{10 + n_bad} images" in r.stderr
     assert sorted(os.listdir(root / "out")) == ["pred.csv"]  # no temporary or partial file
 
@@ -245,7 +245,7 @@ def test_predict_strict_keeps_the_rows_before_the_bad_image(bad, in_root, capsys
     first = sorted(os.path.relpath(p, in_root) for p in bad["new"])[0]
     assert first == "new/001_corrupt.png"
     assert err.strip().splitlines()[-1].startswith(
-        f"skpadim: error: could not read image file '{first}'")
+        f"skpadim: error: cannot use image file '{first}'")
     assert not (in_root / "strict.csv").exists()
     partial = (in_root / "strict.csv.partial").read_bytes()
     assert partial.endswith(b"\r\n")  # whole lines only
@@ -260,7 +260,7 @@ def test_predict_with_no_readable_image_fails_with_a_full_csv(all_bad, capsys):
     assert status == 1
     rows = read_csv(out)
     assert [(row["path"], row["label"]) for row in rows] == [("allbad/a.png", "error"), ("allbad/b.png", "error")]
-    assert err.strip().splitlines()[-1].startswith("skpadim: error: None of the 2 images could be read")
+    assert err.strip().splitlines()[-1].startswith("skpadim: error: None of the 2 images could be scored")
 
 
 def test_evaluate_leaves_unreadable_files_out_and_lists_them(bad, runs):
@@ -271,7 +271,7 @@ def test_evaluate_leaves_unreadable_files_out_and_lists_them(bad, runs):
     expected[mask] = "empty file (0 bytes)"
     assert "Evaluated 10 images (6 good, 4 defective)" in r.stdout
     n = len(expected)
-    assert f"Left out {n} files that could not be read ({10 + n - 1} images in all):" in r.stdout
+    assert f"Left out {n} files that could not be scored ({10 + n - 1} images in all):" in r.stdout
     listed = dict(re.findall(r"^  (\S+): (.*)$", r.stdout, re.M))
     assert listed.pop(os.path.relpath(mask, root)).startswith("mask: ")
     del expected[mask]
@@ -285,7 +285,7 @@ def test_evaluate_leaves_unreadable_files_out_and_lists_them(bad, runs):
     assert shown == pytest.approx(auroc, abs=5e-4)
     assert "1 defective images have no readable mask" in r.stderr
     page = (root / "report.html").read_text()
-    assert f"{n} unreadable files left out" in page and ">Unreadable files</h2>" in page
+    assert f"{n} files left out" in page and ">Files left out</h2>" in page
     for path in list(expected) + [mask]:
         assert f"<td>{os.path.relpath(path, root)}</td>" in page, path
 
@@ -350,7 +350,7 @@ def test_evaluate_strict_stops_at_the_first_bad_image(bad, in_root, capsys):
                          "strict.html", "--strict", "-q")
     assert status == 1, err
     assert err.strip().splitlines()[-1].startswith(
-        "skpadim: error: could not read image file 'test/good/001_corrupt.png'")
+        "skpadim: error: cannot use image file 'test/good/001_corrupt.png'")
     assert not (in_root / "strict.html").exists()
 
 

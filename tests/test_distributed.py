@@ -51,16 +51,8 @@ def paths(folder):
 
 
 @pytest.fixture(scope="module")
-def client():
-    """Two 1-thread worker processes: CI's cluster, or a LocalCluster of our own."""
-    address = os.environ.get("SKPADIM_DASK_SCHEDULER")
-    if address:
-        with Client(address, set_as_default=False) as c:
-            yield c
-        return
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
-        with Client(cluster, set_as_default=False) as c:
-            yield c
+def client(dask_client):
+    return dask_client
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """The torch-free runtime: numpy resize against torch, no torch imported, the command line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -160,7 +161,7 @@ def test_cli_export(exported, tmp_path, capsys):
     assert main(["export", str(root / "model.skpadim"), "--out", str(tmp_path / "none" / "m.onnx")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["export", str(root / "model.onnx"), "--out", str(tmp_path / "x.onnx")]) == 1
-    assert "not a zip archive" in capsys.readouterr().err
+    assert "is already an export" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["export", "--help"])
     assert info.value.code == 0
@@ -183,3 +184,6 @@ def test_cli_export_openvino(exported, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir"]  # no temporary left
     X = textured(4, size=40, seed=8)
     assert np.abs(load(out).score_samples(X) - det.score_samples(X)).max() < 1e-4
+    assert main(["info", str(out), "--json"]) == 0  # the command line reads the folder too
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "openvino" and info["threshold"] == pytest.approx(-det.offset_, rel=1e-6)

@@ -178,7 +178,7 @@ def test_custom_module_must_be_passed(custom, tmp_path):
 
 
 def test_torchvision_backbone_is_not_passed(saved):
-    with pytest.raises(ValueError, match=r"torchvision 'resnet18' backbone.*do not pass backbone="):
+    with pytest.raises(ValueError, match=r"holds the backbone 'resnet18', which is rebuilt from the file by its name.*do not pass backbone="):
         PadimDetector.load(saved, backbone=_tiny(0))
 
 

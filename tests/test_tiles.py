@@ -221,19 +221,31 @@ def test_invalid_tile_parameters_are_refused_with_their_name():
 
 
 @pytest.mark.onnx
-def test_export_refuses_tiles_and_takes_the_native_size(tmp_path):
+@pytest.mark.parametrize("sharing", ["shared", "position"])
+def test_tiled_and_native_detectors_export_and_the_runtime_stitches_alike(tmp_path, sharing):
+    """The runtime cuts, stitches and smooths tiles as the detector does, takes the sizes
+    the detector takes (shared tiles: any size; per-location tiles: the native size only)
+    and refuses the others with the same words."""
     from skpadim.export import to_onnx
     from skpadim.runtime import OnnxDetector
 
-    X = wide(8)
-    det = PadimDetector(image_size=None, tile_size=16, **FAST).fit(X)
-    with pytest.raises(ValueError, match="tiles \\(tile_size\\), which export does not support"):
-        to_onnx(det, tmp_path / "m.onnx")
-    assert not os.listdir(tmp_path)
-    native = PadimDetector(image_size=None, **FAST).fit(X)  # untiled: one fixed size, exported as such
-    to_onnx(native, tmp_path / "n.onnx")
-    np.testing.assert_allclose(OnnxDetector(tmp_path / "n.onnx").score_samples(X), native.score_samples(X),
-                               rtol=1e-4, atol=1e-4)
+    X = wide(12)
+    det = PadimDetector(image_size=None, tile_size=(24, 32), tile_stride=(8, 16), tile_sharing=sharing,
+                        **FAST).fit(X)
+    exported = OnnxDetector(to_onnx(det, tmp_path / "m.onnx"), batch_size=5)
+    assert exported.config_["graph"] == "tiles" and exported.fitted_params_ == det.fitted_params_
+    other = [textured(1, 48, seed=4)[0], X[0], wide(1, seed=2)[0]]
+    takes = other if sharing == "shared" else X[:3]
+    maps, scores = det.anomaly_map(takes, return_scores=True)
+    got, got_scores = exported.anomaly_map(takes, return_scores=True)
+    for m, g in zip(maps, got):
+        assert m.shape == g.shape
+        np.testing.assert_allclose(g, m, rtol=1e-4, atol=1e-4 * float(np.abs(m).max()))
+    np.testing.assert_allclose(got_scores, scores, rtol=1e-5)
+    if sharing == "position":
+        for model in (det, exported):
+            with pytest.raises(ValueError, match=r"X\[0\] is 48 x 48 pixels, but the model works at"):
+                model.predict(other)
 
 
 # ------------------------------------------------------------------ generated data

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..exceptions import WeightsUnavailableError
+from . import named
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,7 +37,10 @@ def is_resnet_family(name):
 
 
 def default_layers(backbone):
-    """The paper's layers for ResNet-like names, else None (chosen by probing)."""
+    """The paper's layers for ResNet-like names, a named backbone's own, else None (chosen by
+    probing)."""
+    if isinstance(backbone, str) and backbone in named.NAMED:
+        return named.NAMED[backbone].layers
     return _RESNET_LAYERS if is_resnet_family(backbone) else None
 
 
@@ -201,14 +205,17 @@ def build_backbone(backbone, weights, seed=0, device="cpu"):
             "The 'backbone' parameter must be a torchvision model name (e.g. 'resnet18') "
             f"or a torch.nn.Module instance, got {type(backbone).__name__}."
         )
+    if backbone in named.NAMED:
+        return _build_named(backbone, weights, seed), backbone
     import torchvision
 
     names = _classification_models()
     if backbone not in names:
         raise _unknown(
-            "backbone", backbone, names,
+            "backbone", backbone, names + sorted(named.NAMED),
             "Expected a torchvision classification model name "
-            "(torchvision.models.list_models(module=torchvision.models)) or an nn.Module.",
+            "(torchvision.models.list_models(module=torchvision.models)), "
+            f"{', '.join(repr(n) for n in named.NAMED)}, or an nn.Module.",
         )
     if weights is None:
         return random_model(backbone, seed, device), backbone
@@ -237,6 +244,23 @@ def build_backbone(backbone, weights, seed=0, device="cpu"):
             "features detect far less)."
         ) from None
     return model, backbone
+
+
+def _build_named(name, weights, seed):
+    """A backbone of :mod:`.named`: its ImageNet weights ("DEFAULT"), random ones (None), or a
+    state_dict file."""
+    if weights is None:
+        return named.architecture(name, seed)
+    if isinstance(weights, str) and weights == "DEFAULT":
+        return named.pretrained(name)
+    if isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        model = named.architecture(name, seed)
+        _load_into(model, load_state_dict_file(weights), f"'{os.fspath(weights)}'")
+        return model
+    raise ValueError(
+        f"For the backbone {name!r}, the 'weights' parameter must be 'DEFAULT' (its ImageNet "
+        f"weights), None (random) or the path of a state_dict file; got {weights!r}."
+    )
 
 
 def _is_weights_enum(obj):

@@ -12,6 +12,7 @@ copy runs while the previous batch is computed.
 
 import torch
 
+from .._sizes import one_size_runs
 from . import dtypes as _dtypes
 from .fold import fold_batchnorm
 from .images import float_batch
@@ -171,12 +172,5 @@ class Embedder:
             if not flexible:
                 yield float_batch(imgs, layout.image_size), sizes, layout.tiling
                 continue
-            start = 0
-            while start < len(sizes):  # a run of one size, in batches of its own tiles
-                tiling = layout.tiling_for(sizes[start])
-                stop = start + 1
-                while stop < len(sizes) and sizes[stop] == sizes[start] and stop - start < max(
-                        1, batch_size // tiling.n_tiles):
-                    stop += 1
-                yield float_batch(imgs[start:stop], None), sizes[start:stop], tiling
-                start = stop
+            for start, stop in one_size_runs(sizes, lambda size: batch_size // layout.tiling_for(size).n_tiles):
+                yield float_batch(imgs[start:stop], None), sizes[start:stop], layout.tiling_for(sizes[start])

@@ -14,14 +14,16 @@ the statistics and the calibration sample alone, never the backbone:
    hands the blocks to :func:`finish`.
 2. :func:`finish`: the means, the smallest distance of each patch over the
    window, the held-out images' maps (``sigma``, tiles stitched) and image
-   scores (``image_score``), and the offset (``contamination``).
+   scores (``image_score``), the offset (``contamination``) and, from the
+   same maps, the label-free pixel threshold (:mod:`skpadim._regions`).
 """
 
 from typing import NamedTuple, Union
 
 import numpy as np
 
-from .calibration import n_held_out
+from .._regions import fit_pixel_threshold
+from .calibration import n_held_out, offset_for
 from .maps import image_scores
 from .progress import stage
 from .shifts import offsets, to_patches
@@ -96,7 +98,9 @@ def finish(state, stats, sample, rng, options, finished=None):
         dist = dist.sqrt().T.float().to(new.device)  # (k, P)
         maps = layout.maps(dist, options.sigma)
         calibration = -image_scores(maps, options.image_score).double().cpu().numpy()
-    if len(calibration) != max(1, n_held_out(new.n)):
-        raise RuntimeError(f"{len(calibration)} calibration scores for {new.n} images")
-    new.set_fitted(options, stats.mean(), precision, calibration, host)
+        if len(calibration) != max(1, n_held_out(new.n)):
+            raise RuntimeError(f"{len(calibration)} calibration scores for {new.n} images")
+        offset = offset_for(calibration, options.contamination)
+        pixel_threshold = fit_pixel_threshold(maps.cpu().numpy(), calibration, offset)
+    new.set_fitted(options, stats.mean(), precision, calibration, offset, pixel_threshold, host)
     return new

@@ -155,7 +155,7 @@ class _Scratch:
     default mmap threshold: allocated afresh for every chunk, each can cost
     page faults to map and zero it, and its unmapping a TLB flush on every
     core. Reusing them made the precisions through OpenBLAS 1.14x faster at
-    d = 550 (benchmarks/precision_kernels.py). The buffers are dropped with
+    d = 550 (the precision_kernels record of docs/benchmarks.md). The buffers are dropped with
     this object, at the end of the call.
     """
 

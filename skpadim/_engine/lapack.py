@@ -4,7 +4,7 @@ At the end of a fit every patch position gets a Cholesky factorization and an
 inverse of its covariance (float64, d x d). torch calls MKL's LAPACK for
 them, which on CPUs other than Intel's runs these routines at about half the
 speed of the OpenBLAS inside scipy's wheels (d = 550 on an AMD EPYC: 5.6 +
-9.7 ms against 2.5 + 4.3 ms per position, ``benchmarks/precision_kernels.py``).
+9.7 ms against 2.5 + 4.3 ms per position, the precision_kernels record of docs/benchmarks.md).
 
 This module calls that OpenBLAS's ``dpotrf``, ``dpotri`` and ``dtrtrs``
 through the function pointers that ``scipy.linalg.cython_lapack`` exports,
@@ -28,8 +28,6 @@ is LAPACK's lower one.
 import ctypes
 import functools
 import platform
-
-import torch
 
 #: Set to False to always use torch's LAPACK (tests, benchmarks).
 ALLOWED = True
@@ -79,6 +77,8 @@ def _routines():
 
 def enabled(device):
     """Whether the end of fit on ``device`` goes through scipy's OpenBLAS (module docstring)."""
+    import torch  # here: the command line sets the thread count without torch installed
+
     if not ALLOWED or torch.device(device).type != "cpu" or _intel_cpu():
         return False
     found = _routines()

@@ -17,23 +17,16 @@ the same result up to float32 rounding.
 """
 
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
-
-def kernel_radius(sigma):
-    """Taps on each side of the centre of :func:`gaussian_kernel`."""
-    return int(4.0 * sigma + 0.5)
+from .._map_rules import gaussian_taps, kernel_radius, pad_mode, top_count
 
 
 def gaussian_kernel(sigma, device, dtype=torch.float32):
-    """Normalized 1-D Gaussian taps."""
-    size = 2 * kernel_radius(sigma) + 1
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    k = torch.exp(-(x**2) / (2.0 * sigma**2))
-    return (k / k.sum()).to(device=device, dtype=dtype)
+    """Normalized 1-D Gaussian taps (:func:`skpadim._map_rules.gaussian_taps`) as a tensor."""
+    return torch.from_numpy(gaussian_taps(sigma)).to(device=device, dtype=dtype)
 
 
 def smooth(maps, sigma):
@@ -42,7 +35,7 @@ def smooth(maps, sigma):
         return maps
     k, r = gaussian_kernel(sigma, maps.device, maps.dtype), kernel_radius(sigma)
     x = maps[:, None]
-    mode = _pad_mode(r, maps.shape[-2:])
+    mode = pad_mode(r, maps.shape[-2:])
     x = F.pad(x, (r, r, r, r), mode=mode)
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     x = F.conv2d(x, k.view(1, 1, -1, 1))
@@ -54,11 +47,6 @@ def upsample(dist, size):
     if tuple(dist.shape[-2:]) == tuple(size):
         return dist
     return F.interpolate(dist[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def _pad_mode(radius, size):
-    """:func:`smooth`'s border mode for maps of ``size`` (mirror unless a map is too small)."""
-    return "reflect" if radius < size[0] and radius < size[1] else "replicate"
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,17 +72,12 @@ def anomaly_maps(dist, image_size, sigma):
     (B, h, w), (H, W) = dist.shape, tuple(image_size)
     if (h, w) == (H, W) and not sigma:
         return dist
-    mode = _pad_mode(kernel_radius(sigma), (H, W)) if sigma else None
+    mode = pad_mode(kernel_radius(sigma), (H, W)) if sigma else None
     key = (float(sigma), mode, str(dist.device), dist.dtype)
     rows = _axis_operator(h, H, *key)  # (H, h)
     cols = _axis_operator(w, W, *key)  # (W, w)
     out = (dist.reshape(B * h, w) @ cols.T).reshape(B, h, W)
     return torch.matmul(rows, out)
-
-
-def top_count(fraction, n_pixels):
-    """Pixels averaged by ``image_score=fraction``: ``ceil(fraction * n_pixels)``, at least 1."""
-    return max(1, min(n_pixels, math.ceil(fraction * n_pixels - 1e-9)))
 
 
 def image_scores(maps, how="max"):

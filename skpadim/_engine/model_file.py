@@ -27,9 +27,11 @@ constructor parameters and its fitted state.
 
 A torchvision backbone is rebuilt from its name (checked against
 ``torchvision.models.list_models``) with ``weights=None`` and the saved
-weights. A custom module cannot be rebuilt without running user code, so the
-caller passes it: ``PadimDetector.load(path, backbone=module)``; a copy of it
-receives the saved weights (keys and shapes must match).
+weights, and so is a backbone known by name (:mod:`.named`, e.g.
+``"efficientnet-lite0"``, from its installed package). A custom module cannot
+be rebuilt without running user code, so the caller passes it:
+``PadimDetector.load(path, backbone=module)``; a copy of it receives the
+saved weights (keys and shapes must match).
 
 Files are written atomically: to a temporary file in the same directory,
 flushed to disk, then renamed over the final name.
@@ -48,6 +50,8 @@ import torch
 from torch import nn
 
 from .._atomic import write_atomic
+from .._model_kind import EXPORTED, model_kind, wrong_loader
+from . import named
 from .persist import load_device
 from .state import FittedState, InconsistentState
 
@@ -55,6 +59,8 @@ FORMAT = "skpadim-detector"
 FORMAT_VERSION = 2
 _CONFIG = "config.json"
 _CONFIG_HASH = "config.sha256"
+# Metadata key by which skpadim fit marked a named backbone it passed as a module (older files).
+_CLI_MARKER = "cli_backbone_"
 _CONFIG_KEYS = {"format", "format_version", "skpadim_version", "params", "unsaved_params", "state",
                 "metadata", "arrays"}
 
@@ -181,6 +187,9 @@ def _refuse(path, detail):
 
 def _read_verified(path):
     """Return ``(config, arrays)`` after every integrity check."""
+    kind = model_kind(path)
+    if kind in EXPORTED:
+        raise ValueError(wrong_loader(path, kind))
     with open(path, "rb") as f:  # FileNotFoundError etc. name the file already
         magic = f.read(4)
     if magic != b"PK\x03\x04":
@@ -231,12 +240,13 @@ def _check_version(path, config):
         )
     if version > FORMAT_VERSION:
         from .. import __version__
+        from .._install import extra
 
         raise _refuse(
             path,
             f"it was written by skpadim {config.get('skpadim_version')!r} in format version "
             f"{version}, and this skpadim ({__version__}) reads format versions up to "
-            f"{FORMAT_VERSION}. Upgrade skpadim (pip install -U skpadim) to load it.",
+            f"{FORMAT_VERSION}. Upgrade skpadim ({extra('torch', upgrade=True)}) to load it.",
         )
 
 
@@ -258,6 +268,14 @@ def _read_array(path, npz, name, spec):
     return np.array(arr, dtype=arr.dtype.newbyteorder("="))  # writable, native byte order
 
 
+def _marked_backbone(config):
+    """The architecture of a file that ``skpadim fit`` wrote before :mod:`.named` backbones were
+    parameters: a custom module, named in the metadata key ``cli_backbone_``; else None."""
+    metadata = config.get("metadata")
+    name = metadata.get(_CLI_MARKER) if isinstance(metadata, dict) else None
+    return named.architecture(name) if isinstance(name, str) and name in named.NAMED else None
+
+
 def load(cls, path, backbone=None):
     """Read a detector written by :func:`save`: ``(estimator, state)``."""
     path = os.fspath(path)
@@ -274,9 +292,11 @@ def load(cls, path, backbone=None):
             raise _refuse(path, f"unknown parameters {unknown} (written by a newer skpadim?).")
         if "backbone" in params and backbone is not None:
             raise ValueError(
-                f"{source} holds a torchvision {params['backbone']!r} backbone; it is rebuilt "
-                "from the file, so do not pass backbone= to load."
+                f"{source} holds the backbone {params['backbone']!r}, which is rebuilt from the "
+                "file by its name, so do not pass backbone= to load."
             )
+        if backbone is None and "backbone" not in params:
+            backbone = _marked_backbone(config)
         est = cls(**{**params, **({} if backbone is None else {"backbone": backbone})})
         device = load_device(config["state"]["spec"]["device"], est.device)
         state = FittedState.from_arrays(arrays, config["state"], device=device, module=backbone, source=source)

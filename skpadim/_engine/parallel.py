@@ -4,7 +4,7 @@ The per-position work (factorizations, the streaming update, Mahalanobis
 distances) is a loop over independent chunks of positions. On the CPU the
 chunks go to worker threads that each run torch single-threaded: torch calls
 LAPACK once per small matrix, and one matrix per core beats several cores on
-one matrix (benchmarks/precision_kernels.py).
+one matrix (the precision_kernels record of docs/benchmarks.md).
 
 The workers form one pool per process, started at the first use and shared
 by every detector and every calling thread. torch's thread count is a

@@ -133,6 +133,7 @@ CONSTRAINTS = {
     "neighbourhood": [_Check(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd int >= 1")],
     "shift_tolerance": [_Ints(numbers.Integral, 0, None, closed="left")],
     "covariance": [StrOptions({"sample", "oas"})],
+    "min_region_area": [_Ints(numbers.Integral, 0, None, closed="left")],
 }
 # Embedding parameters that states fitted before they existed lack, with the value they had.
 OPTIONAL_DEFAULTS = {"neighbourhood": 1, "backbone_dtype": "float32"}

@@ -8,8 +8,9 @@ which pickling, ``copy.deepcopy``, :meth:`PadimDetector.save` and
 * Symmetric (P, d, d) matrices are stored as their packed upper triangles.
 * A backbone is stored as its weights (the modules after the last tapped
   layer were removed at fit, so every weight is used). A torchvision model
-  is rebuilt from its name (checked against torchvision's list; no download);
-  a custom module cannot be rebuilt without running code, so the caller
+  is rebuilt from its name (checked against torchvision's list; no download),
+  and so is a backbone of :mod:`.named` (from its installed package); a
+  custom module cannot be rebuilt without running code, so the caller
   provides an instance of its class, and a copy of it receives the weights.
 """
 
@@ -19,6 +20,7 @@ import warnings
 import numpy as np
 import torch
 
+from . import named
 from . import params as _params
 from .taps import truncate
 
@@ -93,9 +95,12 @@ def rebuild_backbone(spec, weights, module, source):
     if not name.startswith("module:"):
         if module is not None:
             raise ValueError(
-                f"{source} holds a torchvision {name!r} backbone; it is rebuilt from the "
-                "file, so do not pass backbone= to load."
+                f"{source} holds the backbone {name!r}, which is rebuilt from the file by its "
+                "name, so do not pass backbone= to load."
             )
+        if name in named.NAMED:  # its package's code, the saved weights
+            model = named.architecture(name)
+            return load_weights(truncate(model, spec["removed"], last), weights, source=source)
         import torchvision
 
         if name not in torchvision.models.list_models(module=torchvision.models):

@@ -47,7 +47,7 @@ _SPEC_KEYS = {"backbone", "layers", "shapes", "removed", "image_size", "normaliz
 _SPEC_OPTIONAL = {"neighbourhood", "tiles"}
 _FITTED_KEYS = {"epsilon", "sigma", "contamination", "offset"}
 # Fitted values that files written before they existed lack, with the value they mean.
-_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0, "covariance": "sample"}
+_FITTED_OPTIONAL = {"image_score": "max", "shift_tolerance": 0, "covariance": "sample", "pixel_threshold": None}
 
 
 class InconsistentState(ValueError):
@@ -76,6 +76,7 @@ class FittedState:
         self.sample = sample
         self.rng = rng
         self.epsilon = self.sigma = self.contamination = self.offset = None
+        self.pixel_threshold = None
         self.covariance = "sample"
         self.image_score = "max"
         self.shift_tolerance = 0
@@ -168,9 +169,10 @@ class FittedState:
         sample = self.sample.merged(other.sample, id_offset=self.n)
         return self.replaced(stats, sample, copy.deepcopy(self.rng))
 
-    def set_fitted(self, options, mean, precision, calibration, host_precision=None):
+    def set_fitted(self, options, mean, precision, calibration, offset, pixel_threshold, host_precision=None):
         """What the end of a fit (:func:`~.finish.finish`) derived, with the options it used:
-        ``mean`` (P, d) and ``precision`` (P, d, d) tensors, the calibration scores (k,);
+        ``mean`` (P, d) and ``precision`` (P, d, d) tensors, the calibration scores (k,),
+        the offset they give for ``options.contamination``, the label-free pixel threshold;
         ``host_precision``: ``precision``'s values in a numpy array already (None: copied
         here). The device copy predictions use is ``precision`` itself where it is on the
         device."""
@@ -181,7 +183,8 @@ class FittedState:
         self.precision = precision.cpu().numpy() if host_precision is None else host_precision
         self.calibration = calibration
         self._to_device(precision)
-        self.recalibrate(options.contamination)
+        self.offset, self.contamination = float(offset), options.contamination
+        self.pixel_threshold = float(pixel_threshold)
 
     def _to_device(self, precision):
         device = self.device
@@ -229,7 +232,8 @@ class FittedState:
             arrays["precision_upper"] = pack(torch.from_numpy(self.precision))
             arrays["calibration"] = np.asarray(self.calibration, dtype=np.float64)
             fitted = {"epsilon": self.epsilon, "sigma": self.sigma,
-                      "contamination": self.contamination, "offset": float(self.offset)}
+                      "contamination": self.contamination, "offset": float(self.offset),
+                      "pixel_threshold": float(self.pixel_threshold)}
             if self.image_score != "max":
                 fitted["image_score"] = self.image_score
             if self.shift_tolerance:
@@ -270,6 +274,8 @@ class FittedState:
         if fitted is not None:
             state.epsilon, state.sigma = float(fitted["epsilon"]), float(fitted["sigma"])
             state.contamination, state.offset = fitted["contamination"], float(fitted["offset"])
+            # Files from before pixel thresholds: the image threshold, until the next fit call.
+            state.pixel_threshold = float(fitted.get("pixel_threshold", -state.offset))
             state.image_score = fitted.get("image_score", "max")
             state.shift_tolerance = fitted.get("shift_tolerance", 0)
             state.covariance = fitted.get("covariance", "sample")
@@ -377,7 +383,8 @@ def _check(arrays, meta, source):
         r = fitted.get("shift_tolerance", 0)
         need(isinstance(r, int) and not isinstance(r, bool) and r >= 0, "shift_tolerance")
         need(fitted.get("covariance", "sample") in ("sample", "oas"), "covariance")
-        need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k]) for k in ("epsilon", "sigma", "offset"))
+        need(all(isinstance(fitted[k], (int, float)) and np.isfinite(fitted[k])
+                 for k in ("epsilon", "sigma", "offset", "pixel_threshold") if k in fitted)
              and fitted["epsilon"] > 0 and fitted["sigma"] >= 0, "epsilon, sigma or offset")
         c = fitted["contamination"]
         need(c == "auto" or (isinstance(c, (int, float)) and 0 < c <= 0.5), "contamination")

@@ -24,28 +24,12 @@ same map (up to float rounding) without seams. The stitched map is smoothed with
 pixels of the stitched image.
 """
 
-import math
-
 import torch
 
+from .._map_rules import tile_starts, window
 from .maps import smooth, upsample
 
 SHARING = ("position", "shared")
-
-
-def tile_starts(n, tile, stride):
-    """Start offsets of tiles of length ``tile`` every ``stride`` along ``n`` pixels, the last
-    one ending at ``n``."""
-    starts = list(range(0, n - tile + 1, stride))
-    if starts[-1] + tile < n:
-        starts.append(n - tile)
-    return starts
-
-
-def window(length, dtype=torch.float64):
-    """Raised-cosine weights of ``length`` taps, positive everywhere (largest at the centre)."""
-    i = torch.arange(length, dtype=torch.float64)
-    return (torch.sin(math.pi * (i + 0.5) / length) ** 2).to(dtype)
 
 
 class Tiling:
@@ -131,7 +115,7 @@ class Tiling:
         w = self._weights.get(device)
         if w is None:
             th, tw = self.size
-            tile = (window(th)[:, None] * window(tw)[None, :])
+            tile = torch.from_numpy(window(th)[:, None] * window(tw)[None, :])
             total = torch.zeros(self.image_size, dtype=torch.float64)
             for y, x in self.starts:
                 total[y : y + th, x : x + tw] += tile

@@ -12,26 +12,28 @@ Exit statuses:
      could be read, or ``--strict`` and an unreadable image
 2    the command line is wrong: unknown option, missing argument, a
      value of the wrong type
-3    the command finished, but some images (or masks) could not be read
-     and were left out: each is named on stderr and in the output (the
-     ``error`` column of predict's CSV, the summary of fit and evaluate,
-     the report)
+3    the command finished, but some images (or masks) could not be used
+     (unreadable, or a size the model cannot take) and were left out: each
+     is named on stderr and in the output (the ``error`` column of
+     predict's CSV, the summary of fit and evaluate, the report)
 130  interrupted (SIGINT, Ctrl-C)
 143  terminated (SIGTERM)
 ===  ==================================================================
 
 Every error is one line on stderr, ``skpadim: error:`` followed by what
-went wrong and what to do; every unreadable image one line
-``skpadim: warning: cannot read 'PATH': REASON; skipped``. Set
+went wrong and what to do; every image that cannot be used one line
+``skpadim: warning: cannot use 'PATH': REASON; skipped``. Set
 ``SKPADIM_DEBUG=1`` to get the Python traceback instead. Output files are
 never half-written: they are written under a temporary name and renamed
 when complete; after an error or an interrupt, ``predict --csv FILE``
 keeps the rows already written in ``FILE.partial``.
 
-The package uses the public API of :class:`skpadim.PadimDetector`; one
-module per command (``_fit``, ``_predict``, ``_evaluate``, ``_info``), each
-with ``add_parser(subparsers)`` and ``run(args)``, listed in
-``_main.COMMANDS``.
+The package uses the public API of :class:`skpadim.PadimDetector` and of
+:mod:`skpadim.runtime`: ``predict``, ``evaluate`` and ``info`` take a file of
+``fit`` or an export alike, and run without torch on exports (``fit`` and
+``export`` say in one line that they need it). One module per command
+(``_fit``, ``_predict``, ``_evaluate``, ``_info``, ``_export``), each with
+``add_parser(subparsers)`` and ``run(args)``, listed in ``_main.COMMANDS``.
 
 Examples
 --------
@@ -63,5 +65,5 @@ def console():
     from .._engine.lapack import single_threaded_process
 
     tune_process_allocator()
-    single_threaded_process()
+    single_threaded_process()  # torch-free: scipy's OpenBLAS, where there is one
     sys.exit(main())

@@ -2,11 +2,51 @@
 
 import argparse
 import math
+import re
+
+#: How the command line names the native image size in messages (skpadim._sizes).
+NATIVE = "--image-size native"
 
 __all__ = [
-    "Parser", "add_command", "add_run_options", "contamination", "finite", "fraction",
+    "NATIVE", "Parser", "in_flags", "add_command", "add_run_options", "contamination", "finite", "fraction",
     "image_size", "layers", "positive_int", "tile_size",
 ]
+
+
+# The options of skpadim fit that set a PadimDetector parameter, by parameter name.
+FLAGS = {
+    "n_features": "--n-features", "image_size": "--image-size", "tile_size": "--tile-size",
+    "tile_stride": "--tile-stride", "tile_sharing": "--tile-sharing", "batch_size": "--batch-size",
+    "backbone_dtype": "--backbone-dtype", "layers": "--layers", "weights": "--weights",
+    "contamination": "--contamination", "device": "--device", "backbone": "--backbone",
+}
+_NAMES = "|".join(FLAGS)
+
+
+def _value(text):
+    """A Python value of a message as a flag's value: (256, 320) -> 256x320, 'shared' -> shared."""
+    pair = re.fullmatch(r"[(\[](\d+), ?(\d+)[)\]]", text)
+    return f"{pair[1]}x{pair[2]}" if pair else text.strip("'\"")
+
+
+def in_flags(message):
+    """An estimator's message in the command line's words: its parameters as the flags of
+    ``skpadim fit`` (``tile_size=256`` -> ``--tile-size 256``, ``image_size=None`` ->
+    ``--image-size native``, "the 'n_features' parameter of PadimDetector" ->
+    ``--n-features``, ``n_features`` -> ``--n-features``).
+
+    Examples
+    --------
+    >>> print(in_flags("Set tile_size (e.g. tile_size=256 with tile_sharing='shared'), lower "
+    ...                "n_features, or image_size=None"))
+    Set --tile-size (e.g. --tile-size 256 with --tile-sharing shared), lower --n-features, or --image-size native
+    """
+    message = re.sub(r"\bimage_size=None\b", "--image-size native", message)
+    message = re.sub(rf"\b({_NAMES})=(\([^)]*\)|\[[^\]]*\]|'[^']*'|[\w.]+)",
+                     lambda m: f"{FLAGS[m[1]]} {_value(m[2])}", message)
+    message = re.sub(rf"\b[Tt]he '({_NAMES})' parameter of PadimDetector\b", lambda m: FLAGS[m[1]], message)
+    return re.sub(r"(?<![-\w'])(n_features|image_size|tile_size|tile_stride|tile_sharing|batch_size|"
+                  r"backbone_dtype)\b", lambda m: FLAGS[m[1]], message)
 
 
 class Parser(argparse.ArgumentParser):
@@ -98,6 +138,9 @@ def add_run_options(p, batch_size=None, scheduler=False):
                    help="stop at the first image that cannot be read (exit status 1) instead "
                         "of skipping it, listing it and finishing with exit status 3")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-image-pixels", type=positive_int, default=None, metavar="N",
+                   help="refuse images of more than N pixels (default: Pillow's guard against "
+                        "decompression bombs, 178956970); raise it for large images you trust")
     if scheduler:
         p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="run on the Dask cluster whose scheduler is at ADDRESS, e.g. "

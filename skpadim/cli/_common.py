@@ -8,7 +8,7 @@ import sys
 EXIT_OK = 0
 EXIT_FAILURE = 1  # nothing usable: the command stopped on an error
 EXIT_USAGE = 2  # argparse's own status for a bad command line
-EXIT_SKIPPED = 3  # finished, but some images could not be read and were left out
+EXIT_SKIPPED = 3  # finished, but some images could not be used (unreadable, wrong size): left out
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
 EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
 
@@ -18,6 +18,18 @@ SUMMARY_LIMIT = 20
 
 class CLIError(Exception):
     """A failure to report as one line, exit status 1."""
+
+
+def require_torch(what):
+    """A CLIError, one line, when torch (or torchvision) is not installed: ``what`` needs it."""
+    from .._install import TORCH, has_torch
+
+    if not has_torch():
+        raise CLIError(
+            f"{what} needs torch, which is not installed here: {TORCH}. Without torch, skpadim "
+            "predict, evaluate and info run exported models (skpadim export: an .onnx file or "
+            "an OpenVINO folder)."
+        )
 
 
 def one_line(exc):
@@ -40,8 +52,9 @@ def warn(message, bar=None):
 
 
 def report_unreadable(path, reason, bar=None):
-    """One stderr line per image that could not be read."""
-    warn(f"cannot read '{path}': {reason}; skipped", bar)
+    """One stderr line per image that could not be used: unreadable, or of a size the model
+    cannot take."""
+    warn(f"cannot use '{path}': {reason}; skipped", bar)
 
 
 def print_skipped(failures, header):

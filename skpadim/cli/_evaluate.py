@@ -9,7 +9,7 @@ written under a temporary name and renamed when complete.
 import os
 from pathlib import Path
 
-from ._args import add_command, add_run_options, finite, fraction, positive_int
+from ._args import NATIVE, add_command, add_run_options, finite, fraction, positive_int
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, note, print_skipped, progress,
     report_unreadable,
@@ -38,7 +38,9 @@ the run then ends with exit status 3 (--strict stops at the first one)."""
 
 def add_parser(subparsers):
     p = add_command(subparsers, NAME, HELP, EPILOG, run)
-    p.add_argument("model", metavar="MODEL", help="model file written by skpadim fit")
+    p.add_argument("model", metavar="MODEL",
+                   help="model file written by skpadim fit, or an export (.onnx file or OpenVINO "
+                        "folder, which runs without torch)")
     p.add_argument("--data", required=True, metavar="DIR", help="folder of labelled test images")
     p.add_argument("--layout", choices=["folder", "mvtec", "magnetic-tile"], default=None,
                    help="how DIR is organized (default: detected)")
@@ -130,7 +132,7 @@ def _score_all(detector, paths, args):
     kept, scores, maps, failures = [], [], [], []
     with progress(len(paths), NAME, not args.quiet) as bar:
         try:
-            for r in score_images(detector, paths, with_maps=True, strict=args.strict):
+            for r in score_images(detector, paths, with_maps=True, strict=args.strict, native=NATIVE):
                 if r.error is None:
                     kept.append(r.index)
                     scores.append(r.score)
@@ -208,7 +210,8 @@ def _metrics(labels, scores, maps, masks, fpr_limit):
 def run(args):
     import numpy as np
 
-    from ._model import describe, load_model
+    from ._describe import describe
+    from ._model import load_model
     from ._predict import prepare, threshold
 
     data, layout = _load_data(args)
@@ -225,11 +228,11 @@ def run(args):
     t, source = threshold(args, detector)
     kept, scores, maps, failures = _score_all(detector, list(data.images), args)
     if not len(kept):
-        raise CLIError(f"None of the {len(labels)} images under '{args.data}' could be read; "
+        raise CLIError(f"None of the {len(labels)} images under '{args.data}' could be scored; "
                        "each is named above.")
     labels = labels[kept]
     if failures:
-        _need_both(labels, args.data, f" that could be read ({len(failures)} could not)")
+        _need_both(labels, args.data, f" that could be scored ({len(failures)} could not)")
     images = [data.images[i] for i in kept]
     masks, mask_failures = _read_masks([data.masks[i] for i in kept], labels, maps, args.strict)
     failures += mask_failures
@@ -261,7 +264,7 @@ def _print_metrics(ev):
 
     print(f"Evaluated {len(labels)} images ({int(good.sum())} good, {int(bad.sum())} defective) "
           f"from {ev['data']} ({ev['layout']} layout)")
-    print_skipped(ev["failures"], f"Left out {len(ev['failures'])} files that could not be read "
+    print_skipped(ev["failures"], f"Left out {len(ev['failures'])} files that could not be scored "
                                   f"({ev['n_total']} images in all):")
     print(f"Image AUROC       {fmt(ev['image_auroc'])}")
     print(f"Pixel AUROC       {fmt(ev['pixel_auroc'])}")

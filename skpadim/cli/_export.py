@@ -7,8 +7,9 @@ to the ``skpadim`` parser and :func:`run` executes it (raising on failure).
 import argparse
 import os
 
+from .._install import RUNTIME, extra
 from ._args import add_command
-from ._common import CLIError, human_size
+from ._common import CLIError, human_size, require_torch
 
 _HELP = "export a fitted model to ONNX or OpenVINO, to predict without torch"
 
@@ -20,10 +21,10 @@ Example:
 The export holds the whole prediction (normalization, backbone up to the last
 feature layer, embedding, Mahalanobis distances, upsampling, smoothing, image
 maximum), the threshold and the image size. Run it on a machine without torch:
-  pip install "skpadim[runtime]"
-  python -c "from skpadim.runtime import load; print(load('model.onnx').predict(['part.png']))"
+  {install}
+  skpadim predict model.onnx IMAGES... (or, in Python: skpadim.runtime.load('model.onnx'))
 A model whose weights pass 2 GB (e.g. wide_resnet50_2 with 550 channels) gets
-one side file, FILE.data, next to FILE: copy both. See docs/deploy.md."""
+one side file, FILE.data, next to FILE: copy both. See docs/deploy.md.""".format(install=RUNTIME)
 
 
 def add_parser(subparsers):
@@ -59,8 +60,9 @@ def _size(path):
 
 def run(args):
     """Run ``skpadim export`` with the parsed ``args``."""
-    from ._model import load_model
     from .._export_format import side_file_name
+    from .._model_kind import EXPORTED, model_kind
+    from ._model import load_model
 
     fmt = args.format
     if fmt is None:
@@ -71,16 +73,23 @@ def run(args):
         raise CLIError(f"The folder '{parent}' of --out does not exist; create it first.")
     if fmt == "onnx" and os.path.isdir(out):
         raise CLIError(f"--out '{out}' is a folder; pass a file name such as model.onnx (or --format openvino).")
+    kind = model_kind(args.model)
+    if kind in EXPORTED:
+        raise CLIError(
+            f"'{args.model}' is already an export ({kind}); skpadim predict, evaluate and info run "
+            "it as it is. skpadim export reads the model files of skpadim fit."
+        )
+    require_torch("skpadim export")
     detector = load_model(args.model)
     if fmt == "onnx":
         try:
             from ..export import to_onnx
         except ImportError as exc:
-            raise CLIError(f'{exc}; install the export extra: pip install "skpadim[export]".') from None
+            raise CLIError(f"{exc}; install the export extra: {extra('export')}.") from None
         try:
             import onnx  # noqa: F401
         except ImportError:
-            raise CLIError('skpadim export needs the onnx package: pip install "skpadim[export]".') from None
+            raise CLIError(f"skpadim export needs the onnx package: {extra('export')}.") from None
         to_onnx(detector, out, opset=args.opset)
         side = os.path.join(parent, side_file_name(out))
         extra = ""
@@ -97,7 +106,7 @@ def run(args):
         except ImportError as exc:
             raise CLIError(str(exc)) from None
         print(f"Exported {args.model} to the OpenVINO folder {out} ({_size(out)}).")
-    size = tuple(detector.fitted_params_["image_size"])
-    print(f"Threshold: {-float(detector.offset_):.6g}; image size: {size}.")
-    print(f"Next, on a machine without torch: pip install \"skpadim[runtime]\", then "
-          f"skpadim.runtime.load({out!r}).predict(images).")
+    h, w = detector.fitted_params_["image_size"]
+    print(f"Threshold: {-float(detector.offset_):.6g}; image size: {h} x {w} (height x width).")
+    print(f"Next, on a machine without torch: {RUNTIME}, then skpadim predict {out} IMAGES... "
+          f"(or, in Python: skpadim.runtime.load({out!r}).predict(images)).")

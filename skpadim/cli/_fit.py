@@ -11,11 +11,14 @@ model is fitted on the others and records how many it was fitted on
 import os
 import time
 
-from ._args import add_command, add_run_options, contamination, image_size, layers, positive_int, tile_size
+from ._args import (
+    add_command, add_run_options, contamination, image_size, in_flags, layers, positive_int, tile_size,
+)
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, duration, human_size, note, progress,
-    print_skipped, report_unreadable,
+    one_line, print_skipped, report_unreadable, require_torch,
 )
+from ._training import check_tile_options, native_size_rule, warn_few_images
 
 NAME = "fit"
 HELP = "fit a model on a folder of good images"
@@ -65,7 +68,7 @@ def add_parser(subparsers):
     p.add_argument("--tile-stride", type=tile_size, default=None, metavar="SIZE",
                    help="step between tiles; smaller than --tile-size makes them overlap "
                         "(default: the tile size)")
-    p.add_argument("--tile-sharing", choices=("shared", "position"), default="shared",
+    p.add_argument("--tile-sharing", choices=("shared", "position"), default=None,
                    help="shared: one set of Gaussians for all tile locations (textures; memory "
                         "independent of the image size); position: Gaussians per tile location "
                         "(aligned parts; memory grows with the image area) (default: shared)")
@@ -81,9 +84,9 @@ def add_parser(subparsers):
     return p
 
 
-def _check(items, args, client=None):
+def _check(items, args, client=None, size_rule=None):
     """Decode every file once (on the cluster's workers with ``client``); return the
-    readable paths and the failures."""
+    usable paths and the failures (``size_rule``: see :func:`skpadim._batch.decode`)."""
     import functools
 
     from ..exceptions import UnreadableImageError
@@ -97,15 +100,16 @@ def _check(items, args, client=None):
     with progress(len(items), "check", not args.quiet) as bar:
         try:
             return check_files(
-                items, strict=args.strict, on_image=lambda: bar.update(1),
+                items, strict=args.strict, on_image=lambda: bar.update(1), size_rule=size_rule,
                 on_failure=lambda f: report_unreadable(f.path, f.reason, bar),
             )
         except UnreadableImageError as exc:  # --strict
-            raise CLIError(f"{exc}; nothing was fitted (--strict stops at the first unreadable "
-                           "image; without it, such images are skipped and listed).") from None
+            raise CLIError(f"{exc}; nothing was fitted (--strict stops at the first image that "
+                           "cannot be used; without it, such images are skipped and listed).") from None
 
 
 def run(args):
+    require_torch("skpadim fit")
     if args.scheduler is None:
         return _run(args)
     from ._cluster import cluster
@@ -118,12 +122,14 @@ def _run(args, client=None):
     from .. import PadimDetector
     from ..exceptions import UnreadableImageError, WeightsUnavailableError
     from ._files import good_images
-    from ._model import detector_params, save_model, threshold_of, weights_error
+    from ._describe import threshold_of
+    from ._model import detector_params, save_model, weights_error
 
     items = good_images(args.good_dir)
     check_output_file(args.out, "--out")
+    check_tile_options(args)
     params = detector_params(args)  # before the check: a missing package fails fast
-    paths, failures = _check(items, args, client)
+    paths, failures = _check(items, args, client, native_size_rule(items, args, client))
     if not paths:
         raise CLIError(
             f"None of the {len(items)} images under '{args.good_dir}' could be read (each is "
@@ -145,11 +151,14 @@ def _run(args, client=None):
     except UnreadableImageError as exc:  # changed on disk since the check
         raise CLIError(f"{exc.path} could not be read during the fit ({exc.reason}), although "
                        "it could before it; nothing was saved. Run the fit again.") from None
+    except (ValueError, MemoryError) as exc:  # the estimator's refusals, in Python's words
+        raise CLIError(in_flags(one_line(exc))) from None
     elapsed = time.perf_counter() - start
+    warn_few_images(detector)
     save_model(detector, args.out, n_skipped=len(failures))
     size = human_size(os.path.getsize(args.out))
     print(f"Fitted {detector.n_samples_seen_} good images from {args.good_dir} in {duration(elapsed)}.")
-    print_skipped(failures, f"Skipped {len(failures)} of {len(items)} images that could not be read:")
+    print_skipped(failures, f"Skipped {len(failures)} of {len(items)} images:")
     print(f"Threshold: {threshold_of(detector):.6g} (images whose anomaly score is above it are flagged).")
     print(f"Saved {args.out} ({size}). Next: skpadim predict {args.out} IMAGES...")
     return EXIT_SKIPPED if failures else EXIT_OK

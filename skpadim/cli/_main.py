@@ -13,8 +13,9 @@ import sys
 import threading
 import warnings
 
+from .._install import RUNTIME
 from . import _evaluate, _export, _fit, _info, _predict
-from ._args import Parser
+from ._args import Parser, in_flags
 from ._common import (
     EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, one_line,
 )
@@ -33,16 +34,21 @@ Typical session:
   skpadim evaluate model.skpadim --data data/test --report report.html
   skpadim info model.skpadim
 
+MODEL is a file of skpadim fit, or its export (skpadim export: an .onnx file
+or an OpenVINO folder). predict, evaluate and info run exports without torch:
+on an inspection machine, {install} is enough.
+
 Exit status:
-  0    success: every image was read
+  0    success: every image was used
   1    the command failed (missing folder, no images, bad model file, no
-       image readable, --strict and an unreadable image, ...)
+       image usable, --strict and an image that cannot be used, ...)
   2    the command line is wrong (unknown option, missing argument, ...)
-  3    done, but some images could not be read: each is named on stderr and
-       in the output (error column of the CSV, summary, report)
+  3    done, but some images could not be used (unreadable, or a size the
+       model cannot take): each is named on stderr and in the output (error
+       column of the CSV, summary, report)
   130  interrupted (Ctrl-C); 143: terminated (SIGTERM). Output files are
        complete or absent; predict --csv FILE keeps the rows already
-       written in FILE.partial"""
+       written in FILE.partial""".format(install=RUNTIME)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -68,6 +74,30 @@ def _sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _pixel_limit(args):
+    """The largest image the command decodes: ``--max-image-pixels``, or Pillow's guard.
+
+    Pillow refuses images of more than twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    and warns above it, with words about attacks; the command takes every
+    image up to its limit without a word, and names the limit and this
+    option for those above it (the reason of their row). Pillow's setting is
+    restored when the command ends.
+    """
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    limit = getattr(args, "max_image_pixels", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if limit is not None:
+            Image.MAX_IMAGE_PIXELS = limit / 2  # Pillow refuses above twice this
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def build_parser():
@@ -99,7 +129,7 @@ def build_parser():
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"skpadim: warning: {one_line(message)}", file=sys.stderr)
+    print(f"skpadim: warning: {in_flags(one_line(message))}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -126,7 +156,7 @@ def main(argv=None):
     """
     args = build_parser().parse_args(argv)
     debug = os.environ.get("SKPADIM_DEBUG", "") not in ("", "0")
-    with warnings.catch_warnings(), _sigterm_as_interrupt():
+    with warnings.catch_warnings(), _sigterm_as_interrupt(), _pixel_limit(args):
         if not debug:
             warnings.showwarning = _show_warning
             # torch's note on read-only arrays decoded by Pillow: harmless, not actionable.

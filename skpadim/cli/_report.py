@@ -16,11 +16,17 @@ import os
 
 import numpy as np
 
-from ._common import CLIError, human_size
-from ._model import trade_off_text, training_images_text
+from .._install import extra
+from ._common import CLIError
 from ._output import write_text
 
-_PLOT_HINT = 'pip install "skpadim[plot]" (or pip install matplotlib)'
+_PLOT_HINT = f"{extra('plot')} (or pip install matplotlib)"
+_DPI = 100
+# Overlay titles: the narrowest picture that has one, and the inches per character and per
+# line of an 8-point title (generous: a wide character takes more than the average).
+_TITLE_WIDTH = 2.4
+_TITLE_CHAR = 0.075
+_TITLE_LINE = 0.17
 
 
 def require_matplotlib(what):
@@ -50,12 +56,21 @@ def heat_range(threshold):
 
 
 def overlay_png(image, amap, threshold, *, mask=None, side=None, title=None):
-    """PNG bytes of an image with its heat map, flagged region (red) and defect (green).
+    """PNG bytes of :func:`overlay_figure`."""
+    return _png(overlay_figure(image, amap, threshold, mask=mask, side=side, title=title), dpi=_DPI)
+
+
+def overlay_figure(image, amap, threshold, *, mask=None, side=None, title=None):
+    """An image with its heat map, flagged region (red) and defect (green), and a title.
 
     ``image`` is the decoded image (an array) or its file. The longest side
     of the picture is ``side`` pixels (default: the image's own, clipped to
-    [256, 1024]).
+    [256, 1024]). The title is wrapped to the picture's width, which is at
+    least :data:`_TITLE_WIDTH` inches when there is one, so that a narrow
+    image does not clip it.
     """
+    import textwrap
+
     from .._images import read_image
     from ..plot import plot_anomaly_overlay
 
@@ -63,15 +78,21 @@ def overlay_png(image, amap, threshold, *, mask=None, side=None, title=None):
         image = read_image(image)
     h, w = image.shape[:2]
     side = side or min(max(max(h, w), 256), 1024)
-    dpi, top = 100, (0.3 if title else 0.0)
-    scale = side / max(h, w) / dpi
-    fig = _figure(w * scale, h * scale + top)
-    ax = fig.add_axes([0, 0, 1, 1 - top / fig.get_figheight()])
+    scale = side / max(h, w) / _DPI
+    width, height = w * scale, h * scale  # inches of the picture itself
+    lines = []
+    if title:
+        width_in = max(width, _TITLE_WIDTH)
+        lines = textwrap.wrap(title, width=max(8, int(width_in / _TITLE_CHAR)))
+    fig_w = max(width, _TITLE_WIDTH) if lines else width
+    top = _TITLE_LINE * len(lines) + (0.08 if lines else 0.0)
+    fig = _figure(fig_w, height + top)
+    ax = fig.add_axes([(fig_w - width) / 2 / fig_w, 0, width / fig_w, height / (height + top)])
     vmin, vmax = heat_range(threshold)
     plot_anomaly_overlay(image, amap, mask, threshold=threshold, ax=ax, vmin=vmin, vmax=vmax)
-    if title:
-        ax.set_title(title, fontsize=8)
-    return _png(fig, dpi=dpi)
+    if lines:
+        ax.set_title("\n".join(lines), fontsize=8)
+    return fig
 
 
 def _data_uri(png):
@@ -252,30 +273,24 @@ def _failures_section(ev):
         return ""
     rows = [[_td(f.path), _td(f.reason)] for f in failures]
     return (
-        f'<h2 id="unreadable">Unreadable files</h2><p class="bad">{len(failures)} files could not be '
-        "read. Their images are left out of every number and picture of this report "
-        "(an unreadable mask leaves its image out of the pixel metrics only).</p>"
+        f'<h2 id="unreadable">Files left out</h2><p class="bad">{len(failures)} files could not be '
+        "read, or have a size the model cannot take. Their images are left out of every number "
+        "and picture of this report (an unreadable mask leaves its image out of the pixel "
+        "metrics only).</p>"
         + _table(["File", "Reason"], rows, cls="failures")
     )
 
 
 def _model_section(info):
-    rows = [
-        ("Model file", f"{info['file']} ({human_size(info['file_size_bytes'])})"),
-        ("Backbone", f"{info['backbone']} (weights: {info['weights'] or 'none, random'})"),
-        ("Layers", ", ".join(info["layers"])),
-        ("Features", f"{info['n_features']} of {info['n_channels'] or '?'} channels"),
-        ("Image size", "{} x {}".format(*info["image_size"])),
-        ("Training images", training_images_text(info)),
-        ("Model threshold", f"{info['threshold']:.6g}"),
-        ("Threshold trade-off", trade_off_text(info)),
-    ]
-    return "<h2>Model</h2>" + _table(None, [[f"<th>{html.escape(a)}</th>", _td(b)] for a, b in rows])
+    from ._describe import lines
+
+    rows = [[f"<th>{html.escape(name)}</th>", _td(text)] for name, text in lines(info)]
+    return "<h2>Model</h2>" + _table(None, rows)
 
 
 def _left_out(ev):
     n = len(ev["failures"])
-    return f', <a class="bad" href="#unreadable">{n} unreadable files left out</a>' if n else ""
+    return f', <a class="bad" href="#unreadable">{n} files left out</a>' if n else ""
 
 
 def write_report(path, ev):

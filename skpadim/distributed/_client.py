@@ -71,6 +71,7 @@ def connect(address, *, timeout=10, **client_kwargs):
         )
     if not (isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0):
         raise ValueError(f"The 'timeout' parameter must be a number of seconds > 0, got {timeout!r}.")
+    _check_scheme(address)  # before a Client exists: a refused one hangs at exit closing itself
     try:
         _probe(address, timeout)
         return Client(address, timeout=timeout, **client_kwargs)
@@ -81,6 +82,23 @@ def connect(address, *, timeout=10, **client_kwargs):
             "address that 'dask scheduler' printed (e.g. tcp://10.0.0.5:8786), that the "
             "scheduler is running, and that this machine can reach it."
         ) from None
+
+
+def _check_scheme(address):
+    """A ConnectionError, one line, for an address whose scheme Dask does not speak."""
+    from distributed.comm.registry import backends
+
+    scheme, sep, rest = address.strip().partition("://")
+    if not sep or scheme in backends:
+        return
+    host = rest.split("/")[0].rsplit(":", 1)[0] or "HOST"
+    dashboard = (" An http(s) address is a dashboard's (a web page), not the scheduler's."
+                 if scheme in ("http", "https") else "")
+    raise ConnectionError(
+        f"Could not connect to the Dask scheduler at {address!r}: Dask does not speak {scheme!r} "
+        f"(it speaks {', '.join(sorted(backends))}).{dashboard} Pass the address that 'dask "
+        f"scheduler' printed, e.g. tcp://{host}:8786."
+    )
 
 
 def _probe(address, timeout):

@@ -14,12 +14,12 @@ from ._client import get_client, image_paths, partition_bounds
 from ._score import scattered
 
 
-def _check_partition(paths):
-    return _check_here(paths, n_threads=1)
+def _check_partition(paths, size_rule=None):
+    return _check_here(paths, n_threads=1, size_rule=size_rule)
 
 
-def check_files(X, *, client=None, strict=False, on_failure=None, on_image=None):
-    """Decode every image file once on the workers; return the readable ones and the failures.
+def check_files(X, *, client=None, strict=False, on_failure=None, on_image=None, size_rule=None):
+    """Decode every image file once on the workers; return the usable ones and the failures.
 
     Parameters
     ----------
@@ -35,6 +35,11 @@ def check_files(X, *, client=None, strict=False, on_failure=None, on_image=None)
         (``path``, ``reason``), in input order.
     on_image : callable, default=None
         Called on the client once per file checked (a progress bar).
+    size_rule : callable, default=None
+        Runs on the workers: ``size_rule((height, width))`` says why an image
+        of that size cannot be used (a reason string, or None); such a file
+        is a failure too (e.g. another size than the first training image's,
+        for a fit at the native size).
 
     Returns
     -------
@@ -45,7 +50,7 @@ def check_files(X, *, client=None, strict=False, on_failure=None, on_image=None)
     client = get_client(client)
     paths = image_paths(X)
     chunks = [paths[a:b] for a, b in partition_bounds(len(paths), CAPACITY, client)]
-    futures = client.map(_check_partition, chunks, pure=False)
+    futures = client.map(_check_partition, chunks, size_rule=size_rule, pure=False)
     ok, failures = [], []
     try:
         for fut, chunk in zip(futures, chunks):

@@ -31,8 +31,16 @@ def _config(det, facts, n_features, external):
     from .. import __version__
 
     norm = facts["norm"]
+    tiled = facts["tiles"] is not None
+    if tiled:
+        th, tw = facts["tiles"]["size"]
+        graph_input = {"name": fmt.TILES_INPUT, "layout": "NTCHW", "dtype": "float32", "range": [0.0, 1.0],
+                       "color": "RGB", "tile_size": [int(th), int(tw)]}
+    else:
+        graph_input = {"name": fmt.INPUT, "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0], "color": "RGB"}
     return {
         "skpadim_version": __version__,
+        "graph": "tiles" if tiled else "images",
         "offset": float(det.offset_),
         "image_size": [int(v) for v in facts["image_size"]],
         "normalize": None if norm is None else [list(map(float, norm[0])), list(map(float, norm[1]))],
@@ -44,8 +52,8 @@ def _config(det, facts, n_features, external):
         "n_samples_seen": int(getattr(det, "n_samples_seen_", 0)),
         "sigma": facts["sigma"],
         "epsilon": facts["epsilon"],
-        "input": {"name": fmt.INPUT, "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0], "color": "RGB"},
-        "outputs": list(fmt.OUTPUTS),
+        "input": graph_input,
+        "outputs": list(fmt.TILES_OUTPUTS if tiled else fmt.OUTPUTS),
         "external_data": external,
         # The parameters as the fit fixed them (PadimDetector.fitted_params_), for the runtime's
         # fitted_params_ and the command line.
@@ -58,22 +66,29 @@ def trace(det, opset):
     import onnx
     import torch
 
-    from ._graph import PadimGraph
+    from ._graph import TileGraph, graph_of
 
-    graph = PadimGraph(det)
-    h, w = graph.image_size
+    graph = graph_of(det)
     P, d = det.mean_.shape
-    images = torch.zeros(2, 3, h, w)
     precision = torch.zeros(1, 1, 1).expand(P, d, d)  # shape only, no memory
+    if isinstance(graph, TileGraph):
+        th, tw = graph.tile_size
+        example = torch.zeros(2, graph.n_tiles, 3, th, tw)
+        names, outputs = [fmt.TILES_INPUT, fmt.PRECISION], list(fmt.TILES_OUTPUTS)
+        tiles_axis = {} if graph.per_location else {1: "tiles"}
+        axes = {fmt.TILES_INPUT: {0: "batch", **tiles_axis}, outputs[0]: {0: "batch", **tiles_axis}}
+    else:
+        h, w = graph.image_size
+        example = torch.zeros(2, 3, h, w)
+        names, outputs = [fmt.INPUT, fmt.PRECISION], list(fmt.OUTPUTS)
+        axes = {fmt.INPUT: {0: "batch"}, outputs[0]: {0: "batch"}, outputs[1]: {0: "batch"}}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's notes on its own internals
         try:
             torch.onnx.export(
-                graph, (images, precision), buf, dynamo=False, opset_version=opset,
-                input_names=[fmt.INPUT, fmt.PRECISION], output_names=list(fmt.OUTPUTS),
-                dynamic_axes={fmt.INPUT: {0: "batch"}, fmt.OUTPUTS[0]: {0: "batch"}, fmt.OUTPUTS[1]: {0: "batch"}},
-                do_constant_folding=True,
+                graph, (example, precision), buf, dynamo=False, opset_version=opset,
+                input_names=names, output_names=outputs, dynamic_axes=axes, do_constant_folding=True,
             )
         except Exception as exc:
             raise ValueError(
@@ -147,18 +162,26 @@ def _finish(model, det, external_threshold):
 def to_onnx(detector, path, *, opset=None, external_data_threshold=MAX_INLINE_BYTES):
     """Export a fitted :class:`~skpadim.PadimDetector` to one ONNX graph.
 
-    The graph takes a float32 batch ``images`` of shape (batch, 3, H, W) at
-    the detector's ``image_size`` (RGB in [0, 1], any batch size) and returns
+    Every fitted detector exports (tiles in both sharing modes, the native
+    size, ``shift_tolerance``, ``neighbourhood``, ``image_score``,
+    ``covariance``), but one whose backbone ran in reduced precision
+    (``backbone_dtype`` other than float32: the graph runs it in float32, so
+    its maps would differ). For an untiled detector the graph takes a
+    float32 batch ``images`` of shape (batch, 3, H, W) at the detector's
+    ``image_size`` (RGB in [0, 1], any batch size) and returns
     ``anomaly_maps`` (batch, H, W), the maps of
     :meth:`PadimDetector.anomaly_map` before the resize to each image's own
-    size, and ``image_scores`` (batch,), their maxima (``-score_samples``).
-    Normalization, the backbone up to the last tapped layer, the embedding,
-    the Mahalanobis distances, the upsampling and the Gaussian smoothing are
-    all in the graph. The threshold, ``image_size``, normalization, channel
-    counts, skpadim version and format version are in the file's metadata.
-    :class:`skpadim.runtime.OnnxDetector` runs it without torch, from the
-    same inputs as ``PadimDetector`` (arrays, lists of images of any size,
-    paths).
+    size, and ``image_scores`` (batch,) (``-score_samples``). Normalization,
+    the backbone up to the last tapped layer, the embedding, the Mahalanobis
+    distances, the upsampling and the Gaussian smoothing are all in the
+    graph. For a tiled detector the graph takes the images' tiles, (batch,
+    tiles, 3, th, tw), and returns each tile's distance grid; the runtime
+    cuts, stitches, smooths and scores as the detector does (format version
+    2). The threshold, ``image_size``, normalization, channel counts,
+    ``fitted_params_``, skpadim version and format version are in the
+    file's metadata. :class:`skpadim.runtime.OnnxDetector` runs it without
+    torch, from the same inputs as ``PadimDetector`` (arrays, lists of
+    images of any size, paths), and takes and refuses the same image sizes.
 
     Parameters
     ----------
@@ -229,9 +252,10 @@ def to_onnx(detector, path, *, opset=None, external_data_threshold=MAX_INLINE_BY
 
 def _serialize(model, config):
     """Model bytes with the metadata and the SHA-256 of the graph."""
+    version = fmt.FORMAT_VERSION if config.get("graph") == "tiles" else fmt.IMAGES_GRAPH_VERSION
     entries = {
         "skpadim.format": fmt.FORMAT,
-        "skpadim.format_version": str(fmt.FORMAT_VERSION),
+        "skpadim.format_version": str(version),
         "skpadim.config": json.dumps(config, sort_keys=True),
     }
     del model.metadata_props[:]

@@ -3,7 +3,6 @@
 import os
 import tempfile
 
-from .. import _export_format as fmt
 
 
 def _smoothing_conv(node, shapes):
@@ -75,7 +74,7 @@ def quantize_int8(path, out, calibration_images, *, batch_size=8):
             if batch is None:
                 return None
             Reader.n += len(batch[1])
-            return {fmt.INPUT: batch[0]}
+            return {src.config_["input"]["name"]: batch[0]}
 
     model = onnx.load(path)
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}

@@ -7,8 +7,11 @@ import os
 import numpy as np
 
 from .._images import check_images
+from .._model_kind import EXPORTED, model_kind
+from .._sizes import any_size, one_size_runs, size_problem
 from .. import _export_format as fmt
 from ._engines import OpenVinoEngine, OrtEngine, check_options
+from ._maps import TileMaps, image_scores, smooth
 from ._resize import resize
 
 _KIND = {1: "grayscale (1 channel)", 3: "color (3 channels)"}
@@ -29,6 +32,17 @@ def to_float(arr):
     return np.ascontiguousarray(x)
 
 
+def _floats(imgs, size):
+    """A batch of :meth:`~skpadim._images.ImageSet.host_batches` as float32 (B, 3, h, w) in
+    [0, 1], resized to ``size`` (None: as they are, all of one size)."""
+    if isinstance(imgs, np.ndarray):
+        x = to_float(imgs)
+        return x if size is None else resize(x, size)
+    if size is None:
+        return np.stack([to_float(im) for im in imgs])
+    return np.stack([resize(to_float(im), size) for im in imgs])
+
+
 def _check_batch_size(batch_size):
     if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"The 'batch_size' parameter must be a positive int; got {batch_size!r}.")
@@ -46,6 +60,8 @@ class _ExportedDetector:
         self.n_channels_in_ = config.get("n_channels_in")
         self.offset_ = float(config["offset"])
         self._engine = engine
+        self._facts = self.fitted_params_
+        self._tilings = {}
 
     @property
     def fitted_params_(self):
@@ -68,6 +84,14 @@ class _ExportedDetector:
     # ------------------------------------------------------------ batches
 
     def _batches(self, X):
+        """Yield ``(graph input, sizes, tile maps or None)`` batch by batch, in the order of X.
+
+        The images are checked and decoded as ``PadimDetector`` does, resized to
+        ``image_size`` (not at the native size: there the images a model cannot
+        take are refused, :mod:`skpadim._sizes`), and, for a tiled model, cut
+        into tiles (``batch_size`` then counts tiles; a model that takes any
+        size cuts each image into its own, a batch holding images of one size).
+        """
         _check_batch_size(self.batch_size)
         images = check_images(X)
         fitted = self.n_channels_in_
@@ -76,28 +100,62 @@ class _ExportedDetector:
                 f"X holds {_KIND[images.n_channels]} images, but the detector was fitted on "
                 f"{_KIND[fitted]} images. Convert X to the training images' channel count."
             )
-        size = self.image_size
-        for imgs, sizes in images.host_batches(self.batch_size):
-            if isinstance(imgs, np.ndarray):
-                yield resize(to_float(imgs), size), sizes
-            else:
-                yield np.stack([resize(to_float(im), size) for im in imgs]), sizes
+        facts = self._facts
+        native, tiles = bool(facts.get("native_size")), facts.get("tiles")
+        flexible = any_size(facts)
+        per_batch = self.batch_size if tiles is None else max(1, self.batch_size // int(facts["n_tiles"]))
+        first = 0
+        for imgs, sizes in images.host_batches(per_batch):
+            if native:
+                for i, size in enumerate(sizes, first):
+                    problem = size_problem(facts, size)
+                    if problem is not None:
+                        raise ValueError(f"X[{i}] is {problem}.")
+            first += len(sizes)
+            if not flexible:
+                x = _floats(imgs, self.image_size)
+                if tiles is None:
+                    yield x, sizes, None
+                else:
+                    tile_maps = self._tile_maps(self.image_size)
+                    yield tile_maps.split(x), sizes, tile_maps
+                continue
+            for start, stop in one_size_runs(sizes, lambda size: self.batch_size // self._tile_maps(size).n_tiles):
+                tile_maps = self._tile_maps(sizes[start])
+                yield tile_maps.split(_floats(imgs[start:stop], None)), sizes[start:stop], tile_maps
+
+    def _tile_maps(self, size):
+        size = tuple(int(v) for v in size)
+        tile_maps = self._tilings.get(size)
+        if tile_maps is None:
+            if len(self._tilings) > 64:
+                self._tilings.clear()
+            facts = self._facts
+            tile_maps = self._tilings[size] = TileMaps(size, facts["tiles"], facts["feature_map_shape"])
+        return tile_maps
 
     def iter_anomaly_maps(self, X, *, maps=True):
         """Yield ``(score_samples, maps)`` batch by batch, in the order of ``X``.
 
-        ``score_samples`` is an (B,) float64 array (minus each map's maximum);
-        ``maps`` a list of float32 maps at each image's own size, or None when
-        ``maps=False``. For progress bars and streaming over large folders.
+        ``score_samples`` is an (B,) float64 array (minus each image's anomaly
+        score); ``maps`` a list of float32 maps at each image's own size, or
+        None when ``maps=False``. For progress bars and streaming over large
+        folders.
         """
-        for x, sizes in self._batches(X):
-            amaps, top = self._engine(x)
+        facts = self._facts
+        for x, sizes, tile_maps in self._batches(X):
+            if tile_maps is None:
+                amaps, top = self._engine(x)
+            else:
+                [dist] = self._engine(x)
+                amaps = smooth(tile_maps.stitch(dist), float(facts["sigma"]))
+                top = image_scores(amaps, facts.get("image_score", "max"))
             scores = -np.asarray(top, dtype=np.float64)
             if not maps:
                 yield scores, None
                 continue
             same = len(set(sizes)) == 1
-            if same and tuple(sizes[0]) == self.image_size:
+            if same and tuple(sizes[0]) == tuple(amaps.shape[1:]):
                 out = list(amaps)
             elif same:
                 out = list(resize(np.ascontiguousarray(amaps), sizes[0]))
@@ -273,6 +331,7 @@ class OpenVinoDetector(_ExportedDetector):
 def read_ir(path):
     """Check an OpenVINO export folder; return its config dict."""
     if not os.path.isdir(path):
+        fmt.refuse_saved(path)
         raise fmt.FormatError(f"'{path}' is not a folder; an OpenVINO export is a folder with model.xml, model.bin and skpadim.json.")
     meta_path = os.path.join(path, fmt.IR_CONFIG)
     if not os.path.isfile(meta_path):
@@ -324,17 +383,9 @@ def load(path, **kwargs):
 
 
 def is_exported(path):
-    """Whether ``path`` looks like an export (an ONNX file or an OpenVINO folder), by its name and magic.
+    """Whether ``path`` holds an export (an ONNX file or an OpenVINO folder) rather than a file of
+    ``PadimDetector.save``, by its first bytes (or, for a folder, its files).
 
-    For the command line: a PadimDetector.save file is a zip archive.
+    For the command line, which reads both kinds.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, fmt.IR_CONFIG))
-    if path.lower().endswith(".onnx"):
-        return True
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) not in (b"PK\x03\x04", b"")
-    except OSError:
-        return False
+    return model_kind(path) in EXPORTED

@@ -1,20 +1,23 @@
 """Inference engines behind the runtime: onnxruntime and OpenVINO.
 
 An engine is built from a checked model file and runs one preprocessed batch:
-``engine(images) -> (anomaly_maps, image_scores)``, float32 numpy arrays.
+``engine(x) -> [outputs]``, float32 numpy arrays (``anomaly_maps, image_scores``
+from images, ``tile_distances`` from tiles).
 Neither imports torch.
 """
 
 import numbers
 
+from .._install import extra
+
 BACKENDS = ("onnxruntime", "openvino")
 PRECISIONS = ("f32", "bf16", "f16")
 
 
-def _missing(package, extra):
+def _missing(package, name):
     return ImportError(
         f"This needs the {package} package, which is not installed; install it with "
-        f'pip install "skpadim[{extra}]" (or pip install {package}).'
+        f"{extra(name)} (or pip install {package})."
     )
 
 
@@ -57,9 +60,8 @@ class OrtEngine:
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.input = self.session.get_inputs()[0].name
 
-    def __call__(self, images):
-        maps, scores = self.session.run(self.outputs, {self.input: images})
-        return maps, scores
+    def __call__(self, x):
+        return self.session.run(self.outputs, {self.input: x})
 
 
 class OpenVinoEngine:
@@ -87,8 +89,6 @@ class OpenVinoEngine:
         self._request = self.compiled.create_infer_request()
         self._outputs = list(self.compiled.outputs)
 
-    def __call__(self, images):
-        result = self._request.infer({0: images})
-        maps = result[self._outputs[0]]
-        scores = result[self._outputs[1]]
-        return maps.copy(), scores.copy()
+    def __call__(self, x):
+        result = self._request.infer({0: x})
+        return [result[o].copy() for o in self._outputs]
