@@ -10,8 +10,8 @@
 #
 #   OUT=/tmp/gpu-run bash benchmarks/gpu_run.sh
 #
-# Time limits: the benchmark 270 s, the suite 200 s (interrupted, pytest still prints what
-# ran), the installs and the summary a few seconds.
+# Time limits: the benchmark 270 s, the suite 210 s (8 workers where pytest-xdist is there;
+# interrupted, pytest still prints what ran), the installs and the summary a few seconds.
 set -u
 OUT=${OUT:-$PWD/gpu-run}
 mkdir -p "$OUT"
@@ -41,10 +41,10 @@ bench=$?
 # 2. The suite on CUDA. Left out: what needs packages this machine lacks (dask, openvino,
 # the efficientnet extra) and the real data set, which does not travel.
 parallel=""
-if $python -c "import xdist" 2>/dev/null; then parallel="-n 4"; export OMP_NUM_THREADS=4; fi
+if $python -c "import xdist" 2>/dev/null; then parallel="-n 8"; export OMP_NUM_THREADS=2; fi
 per_test=""
 if $python -c "import pytest_timeout" 2>/dev/null; then per_test="--timeout 150"; fi
-SKPADIM_TEST_DEVICE=cuda SKPADIM_SKIP_REALDATA=1 timeout -s INT 200 \
+SKPADIM_TEST_DEVICE=cuda SKPADIM_SKIP_REALDATA=1 timeout -s INT 210 \
   $python -m pytest -q -p no:cacheprovider $parallel $per_test \
   --ignore=tests/test_distributed.py --ignore=skpadim/distributed \
   -m "not dask and not openvino and not efficientnet and not realdata" >"$OUT/tests.txt" 2>&1
