@@ -23,6 +23,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from . import _regions
+
 __all__ = ["ImageFailure", "ImageResult", "check_files", "decode", "first_readable", "score_images",
            "strict_error"]
 
@@ -47,6 +49,8 @@ class ImageResult(NamedTuple):
     score: Optional[float] = None  # anomaly score, higher = more anomalous
     map: Optional[np.ndarray] = None  # at the image's own size, with with_maps=True
     error: Optional[str] = None  # why the image could not be read; None when scored
+    regions: Optional[list] = None  # its defect regions (skpadim.Region), with with_regions=True
+    mask: Optional[np.ndarray] = None  # its defect mask at its own size, with with_masks=True
 
 
 def _decoder(gray):
@@ -149,8 +153,8 @@ def first_readable(items):
     return None
 
 
-def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=None, n_threads=2,
-                 native="image_size=None"):
+def score_images(detector, items, *, with_maps=False, with_regions=False, with_masks=False, strict=False,
+                 chunk_size=None, n_threads=2, native="image_size=None"):
     """Yield an :class:`ImageResult` for every item, in order.
 
     Readable images are scored ``chunk_size`` at a time (default: four of
@@ -161,7 +165,11 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     detector on the same files. Calls span several batches because each
     call sets up its heap and returns it to the system at the end; one
     call per batch pays that every batch (benchmarks/cli_batch.py).
-    Unreadable images, and images of a size the model cannot take
+    ``with_regions`` and ``with_masks`` add each image's defect regions
+    and mask, computed here from its map with the detector's ``offset_``,
+    ``pixel_threshold_``, ``pixel_anchor_`` and ``min_region_area`` (those of
+    ``detector.defect_regions`` and ``detector.anomaly_mask``), read once at
+    the start. Unreadable images, and images of a size the model cannot take
     (:func:`skpadim._sizes.size_problem`: another size than the training
     images' for a model fitted at the native size), come back with ``error``
     set, in their place, and are never passed to the detector (``native``: how
@@ -176,12 +184,14 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
     batch = 32 if isinstance(detector.batch_size, str) else int(detector.batch_size)  # "auto": 32 on a CPU
     chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
+    want = _Wanted(with_maps, with_regions, with_masks,
+                   _regions.settings_of(detector) if with_regions or with_masks else None)
     size_rule = functools.partial(size_problem, detector.fitted_params_, native=native)
     pending, images, nbytes = [], [], 0
     for i, path, got in decode(items, n_threads=n_threads, ahead=batch, gray=gray, size_rule=size_rule):
         if isinstance(got, ImageFailure):
             if strict:  # the images before it still get their results
-                yield from _score_batch(detector, pending, images, with_maps)
+                yield from _score_batch(detector, pending, images, want)
                 raise strict_error(got)
             pending.append(ImageResult(i, path, error=got.reason))
             continue
@@ -189,14 +199,23 @@ def score_images(detector, items, *, with_maps=False, strict=False, chunk_size=N
         images.append(got)
         nbytes += got.nbytes
         if len(images) >= chunk_size or (nbytes >= CHUNK_BYTES and len(images) % batch == 0):
-            yield from _score_batch(detector, pending, images, with_maps)
+            yield from _score_batch(detector, pending, images, want)
             pending, images, nbytes = [], [], 0
-    yield from _score_batch(detector, pending, images, with_maps)
+    yield from _score_batch(detector, pending, images, want)
 
 
-def _score_batch(detector, pending, images, with_maps):
+class _Wanted(NamedTuple):
+    """What a scoring run returns besides the scores (the settings: masks or regions asked)."""
+
+    maps: bool
+    regions: bool
+    masks: bool
+    settings: Optional[_regions.Settings]
+
+
+def _score_batch(detector, pending, images, want):
     maps = None
-    if images and with_maps:
+    if images and (want.maps or want.settings is not None):
         maps, scores = detector.anomaly_map(images, return_scores=True)
     elif images:
         scores = detector.score_samples(images)
@@ -204,7 +223,11 @@ def _score_batch(detector, pending, images, with_maps):
     for r in pending:
         if r.error is None:
             amap = maps[k] if maps is not None else None
-            r = r._replace(score=float(-scores[k]), map=amap)  # score_samples: lower = worse
+            mask = regions = None
+            if want.settings is not None:
+                mask, regions = _regions.localize(amap, scores[k], want.settings)
+            r = r._replace(score=float(-scores[k]), map=amap if want.maps else None,  # score_samples: lower = worse
+                           regions=regions if want.regions else None, mask=mask if want.masks else None)
             k += 1
         yield r
 

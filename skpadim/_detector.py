@@ -157,11 +157,18 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         ``decision_function = score_samples - offset_``; may be set.
     pixel_threshold_ : float
-        Pixels of a flagged image whose anomaly map is above it form its
-        defect mask (:meth:`anomaly_mask`, :meth:`defect_regions`). Fitted
-        without labels from the held-out calibration images' maps; set it,
-        or fit it to labelled masks with
-        :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting.
+        The floor of the anomaly-map level that cuts a flagged image's map
+        into its defect mask (:meth:`anomaly_mask`, :meth:`defect_regions`):
+        ``max(pixel_threshold_, median + 0.75 * (peak - pixel_anchor_))``,
+        keeping the regions that reach ``-offset_`` (docs/conventions.md).
+        Fitted without labels: the median peak of the held-out calibration
+        images' maps. Set it, or fit it to labelled masks with
+        :func:`skpadim.metrics.calibrate_pixel_threshold`, without refitting;
+        every ``fit`` and ``partial_fit`` sets it again, as it sets ``offset_``.
+    pixel_anchor_ : float
+        The image threshold of contamination='auto' of the held-out images,
+        from which the relative part of a mask's level is measured; fixed
+        by the fit.
     device_ : torch.device
         Where the computation runs.
     fitted_params_ : dict
@@ -302,9 +309,14 @@ class PadimDetector(OutlierMixin, BaseEstimator):
     @pixel_threshold_.setter
     def pixel_threshold_(self, value):
         state = _fitted_state(self)
-        if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
-            raise ValueError(f"pixel_threshold_ must be a finite float, got {value!r}.")
-        state.pixel_threshold = float(value)
+        state.pixel_threshold = _regions.check_pixel_threshold(value)
+
+    @property
+    def pixel_anchor_(self):
+        """The level the relative part of a mask's level is measured from: the image
+        threshold of contamination='auto' of the held-out calibration images, fixed by
+        the fit (``recalibrate`` and ``calibrate_threshold`` move ``offset_``, not it)."""
+        return -_fitted_state(self).offset_for("auto")
 
     def fit(self, X, y=None):
         """Fit the per-position Gaussians on normal images.
@@ -429,7 +441,9 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         A pixel is a defect when the image is flagged and its anomaly map is
         above ``pixel_threshold_``; an image ``predict`` calls normal has an
         empty mask, and one it flags has at least one pixel (its map's
-        maximum, if nothing is above ``pixel_threshold_``). See
+        maximum, if nothing is above ``pixel_threshold_``). Regions smaller
+        than ``min_region_area`` pixels are left out, but for the largest.
+        The mask is the union of the image's :meth:`defect_regions`. See
         docs/conventions.md.
 
         Parameters
@@ -440,10 +454,21 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         -------
         masks : ndarray of shape (N, H, W), bool, or a list of (H_i, W_i)
             arrays when the images have different sizes.
+
+        Examples
+        --------
+        >>> from skpadim import PadimDetector
+        >>> from skpadim.datasets import make_anomaly_images
+        >>> X, y, masks = make_anomaly_images(20, 2, image_size=64, random_state=0)
+        >>> det = PadimDetector(weights=None, image_size=64, n_features=20, random_state=0).fit(X[y == 0])
+        >>> found = det.anomaly_mask(X[-2:])
+        >>> found.shape, found.dtype
+        ((2, 64, 64), dtype('bool'))
+        >>> (found.any(axis=(1, 2)) == (det.predict(X[-2:]) == -1)).all()
+        np.True_
         """
-        state, maps, scores = self._maps_and_scores(X)
-        out = _regions.masks(maps, scores, state.offset, state.pixel_threshold)
-        return np.stack(out) if len({m.shape for m in out}) == 1 else out
+        masks, _ = self._localize(X)
+        return np.stack(masks) if len({m.shape for m in masks}) == 1 else masks
 
     def defect_regions(self, X):
         """The defect regions of each image: 8-connected components of :meth:`anomaly_mask`.
@@ -461,15 +486,28 @@ class PadimDetector(OutlierMixin, BaseEstimator):
             Regions smaller than ``min_region_area`` are dropped, but for the
             largest of a flagged image: an image ``predict`` flags has at
             least one region, one it calls normal has none.
-        """
-        state, maps, scores = self._maps_and_scores(X)
-        masks = _regions.masks(maps, scores, state.offset, state.pixel_threshold)
-        return [_regions.defect_regions(m, k, self.min_region_area) for m, k in zip(maps, masks)]
 
-    def _maps_and_scores(self, X):
+        Examples
+        --------
+        >>> from skpadim import PadimDetector
+        >>> from skpadim.datasets import make_anomaly_images
+        >>> X, y, masks = make_anomaly_images(20, 2, image_size=64, random_state=0)
+        >>> det = PadimDetector(weights=None, image_size=64, n_features=20, random_state=0).fit(X[y == 0])
+        >>> regions = det.defect_regions(X[-2:])
+        >>> [len(r) > 0 for r in regions] == (det.predict(X[-2:]) == -1).tolist()
+        True
+        """
+        _, regions = self._localize(X)
+        return regions
+
+    def _localize(self, X):
+        """``(masks, regions)``: one list of each, from one pass over ``X``."""
         state, images = self._predict_input(X)
+        settings = _regions.Settings(state.offset, state.pixel_threshold, -state.offset_for("auto"),
+                                     self.min_region_area)
         maps, scores = inference.anomaly_map(state, images, self.batch_size, self.verbose)
-        return state, maps, scores
+        found = [_regions.localize(m, s, settings) for m, s in zip(maps, scores)]
+        return [m for m, _ in found], [r for _, r in found]
 
     def _maps(self, X, desc="score"):
         """Yield ``(maps, sizes)`` per batch, maps at image_size (the command line streams these)."""

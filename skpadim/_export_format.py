@@ -13,7 +13,8 @@ side file named after it with ``.data`` appended (``model.onnx`` ->
   detectors (images in, maps and scores out), 2 for that of tiled ones
   (tiles in, their distance grids out: ``"graph": "tiles"`` in the config);
 * ``skpadim.config``: JSON with the skpadim version, the threshold
-  (``offset_``), ``image_size``, the normalization, the input channel
+  (``offset_``), the levels of the defect masks (``pixel_threshold_``,
+  ``pixel_anchor_``) and ``min_region_area``, ``image_size``, the normalization, the input channel
   count, the channel count of the embedding, the layers, ``sigma``,
   ``epsilon``, the input and output names, the detector's
   ``fitted_params_`` (tiles, native size, ``image_score``...), and, when

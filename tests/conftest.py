@@ -136,3 +136,15 @@ def dask_client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster, set_as_default=False) as c:
             yield c
+
+
+def assert_close_regions(got, expected, rtol=1e-4):
+    """The same defect regions from maps that agree to float32 round-off (another batch,
+    process or engine): the same number per image; boxes within a pixel, areas within 2%
+    and two pixels, map values to ``rtol`` (a pixel at the level may fall either side)."""
+    assert [len(r) for r in got] == [len(r) for r in expected]
+    for gs, es in zip(got, expected):
+        for g, e in zip(gs, es):
+            assert max(abs(a - b) for a, b in zip(g.box, e.box)) <= 1, (g, e)
+            assert abs(g.area - e.area) <= 2 + 0.02 * e.area, (g, e)
+            assert abs(g.peak - e.peak) <= rtol * abs(e.peak) and abs(g.mean - e.mean) <= rtol * abs(e.peak)

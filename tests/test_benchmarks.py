@@ -156,3 +156,48 @@ def test_tiles_quick_mode(tmp_path):
         assert all(0 <= case[m] <= 1 for m in ("image_auroc", "pixel_auroc", "aupro")), key
     shared, position = data["results"]["cases"]["64/tiles, shared"], data["results"]["cases"]["64/tiles, position"]
     assert shared["params"]["tile_size"] == position["params"]["tile_size"] == 32
+
+
+def _check_pixel_threshold(data, name):
+    gates = ("auto", "0.05", "labels")
+    assert set(data["tables"]) == {f"{g}/{t}" for g in gates for t in ("data", "f1", "regions")} | {"cost"}
+    for gate in gates:
+        (res,) = data["results"][f"gate {gate}"]
+        assert res["name"] == name
+        rows = res["rows"]
+        assert list(rows) == ["oracle", "best pixel_threshold_", "label-free", "calibrated (other half)",
+                              "image threshold", "0.75 of own peak"]
+        for rule, row in rows.items():
+            assert 0 <= row["iou"] <= row["f1"] <= 1 and 0 <= row["found"] <= 1, rule
+        # no pixel threshold beats the best one under the same gate, on the same images
+        assert rows["label-free"]["f1"] <= rows["best pixel_threshold_"]["f1"] + 1e-12
+        for f1 in res["calibrated_halves"]:
+            assert 0 <= f1 <= 1
+    (cost,) = data["results"]["cost"].values()
+    assert positive(cost["map_s"]) and (math.isnan(cost["mask_s"]) or positive(cost["mask_s"]))
+    return data
+
+
+def test_pixel_threshold_quick_mode(tmp_path):
+    data = _check_pixel_threshold(run_quick("pixel_threshold.py", tmp_path, "--cache", str(tmp_path / "cache")),
+                                  "quick-gen-128")
+    for gate in ("auto", "0.05", "labels"):
+        (res,) = data["results"][f"gate {gate}"]
+        rows = res["rows"]
+        # every generated defect is flagged and found; the label-free masks outline them far
+        # better than the image threshold does (0.74-0.76x the oracle F1 when written)
+        assert res["flagged_bad"] == 1.0 and rows["label-free"]["found"] == 1.0
+        assert rows["label-free"]["f1"] >= 0.6 * res["oracle"] > rows["image threshold"]["f1"]
+
+
+@pytest.mark.realdata
+def test_pixel_threshold_on_magnetic_tile(magnetic_tile, tmp_path):
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "pixel_threshold.py"), "--configs", "quick-mt", "--mt-root",
+         str(magnetic_tile), "--cache", str(tmp_path / "cache"), "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| quick-mt" in proc.stdout
+    _check_pixel_threshold(json.loads(out.read_text()), "quick-mt")

@@ -7,6 +7,7 @@ partitioning use an in-process cluster. The test that kills a worker runs
 last: the worker's nanny starts a new one.
 """
 
+import copy
 import csv
 import os
 import pickle
@@ -16,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 from cli_helpers import cli
-from conftest import SMALL, textured
+from conftest import SMALL, assert_close_regions, textured
 from PIL import Image
 
 import dask.bag as db
@@ -117,6 +118,19 @@ def test_scores_equal_local_ones(client, paths, local):
         np.testing.assert_allclose(skd.score_samples(model, X[:5], client=client), expected[:5], rtol=1e-6)
     finally:
         model.release()
+
+
+def test_regions_and_masks_on_the_workers(client, paths, local):
+    det = copy.deepcopy(local)
+    X = paths[N - 14:N]
+    det.offset_ = float(np.median(det.score_samples(X)))  # half of them flagged
+    expected = det.defect_regions(X)
+    assert 0 < sum(map(bool, expected)) < len(X)
+    assert_close_regions(skd.defect_regions(det, X, client=client, partition_size=7), expected)
+    results = list(skd.score_files(det, X, client=client, with_regions=True, with_masks=True, partition_size=7))
+    assert_close_regions([r.regions for r in results], expected)
+    for r, m in zip(results, det.anomaly_mask(X)):
+        assert r.map is None and r.mask.shape == m.shape and np.mean(r.mask != m) < 0.01
 
 
 def test_blocks_of_positions_change_no_bit(inproc, paths, local):

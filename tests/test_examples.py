@@ -90,3 +90,17 @@ def test_high_resolution(tmp_path):
     assert re.search(r"^resized to 64 px: Image AUROC [0-9.]+", out, flags=re.M), out
     assert metric("Image AUROC", out) >= 0.5  # the tiled detector's; tiny run, random weights
     assert (tmp_path / "overlay.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_defect_regions(tmp_path):
+    out = run_example("defect_regions.py", "--size", 64, "--n-train", 24, "--n-test", 4,
+                      "--out", tmp_path / "regions.png", cwd=tmp_path)
+    assert re.search(r"^Fitted 24 good images; image threshold [0-9.e+-]+, pixel threshold", out, flags=re.M), out
+    rows = re.findall(r"^  test image +\d+ \((defective|good), predict ([+-]1)\): (.*)$", out, flags=re.M)
+    assert len(rows) == 6, out
+    for _, label, found in rows:  # regions exactly on the images predict flags
+        assert (found == "no region") == (label == "+1"), out
+    for name in ("Label-free pixel threshold", "Calibrated, on the other half"):
+        line = re.search(rf"^{name}: pixel F1 ([0-9.]+), IoU ([0-9.]+), defects found (\d+)%", out, flags=re.M)
+        assert line is not None and 0 <= float(line[2]) <= float(line[1]) <= 1, out
+    assert (tmp_path / "regions.png").read_bytes().startswith(PNG_SIGNATURE)

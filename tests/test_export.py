@@ -64,6 +64,42 @@ def test_round_trip_scores_labels_and_maps_equal(det, exported, data):
     np.testing.assert_array_equal(s2, scores)
 
 
+def test_masks_and_regions_equal_the_estimators(det, exported, data):
+    from conftest import assert_close_regions
+
+    X_test = data[1]
+    runtime = OnnxDetector(exported, batch_size=5)
+    assert runtime.pixel_threshold_ == det.pixel_threshold_ and runtime.min_region_area == 0
+    assert runtime.pixel_anchor_ == det.pixel_anchor_
+    masks, eager = runtime.anomaly_mask(X_test), det.anomaly_mask(X_test)
+    assert masks.shape == eager.shape == (12, 48, 48) and masks.dtype == bool
+    assert (masks != eager).mean() < 1e-3  # a pixel at the level may fall either side
+    np.testing.assert_array_equal(masks.any(axis=(1, 2)), det.predict(X_test) == -1)
+    assert_close_regions(runtime.defect_regions(X_test), det.defect_regions(X_test))
+    # pixel_threshold_ and min_region_area move as the estimator's do
+    before = det.pixel_threshold_
+    try:
+        det.pixel_threshold_ = runtime.pixel_threshold_ = 0.8 * det.pixel_threshold_
+        det.set_params(min_region_area=30)
+        runtime = OnnxDetector(exported, min_region_area=30)
+        runtime.pixel_threshold_ = det.pixel_threshold_
+        assert_close_regions(runtime.defect_regions(X_test), det.defect_regions(X_test))
+    finally:
+        det.pixel_threshold_ = before
+        det.set_params(min_region_area=0)
+    with pytest.raises(ValueError, match="pixel_threshold_ must be a finite float"):
+        runtime.pixel_threshold_ = float("inf")
+    with pytest.raises(ValueError, match="'min_region_area' parameter of OnnxDetector must be an int"):
+        OnnxDetector(exported, min_region_area=-2)
+    runtime.min_region_area = 2.5
+    with pytest.raises(ValueError, match="'min_region_area' parameter of OnnxDetector must be an int"):
+        runtime.defect_regions(X_test)
+    # A file exported before pixel thresholds: the image threshold, no region dropped.
+    old = {k: v for k, v in runtime.config_.items() if k not in ("pixel_threshold", "pixel_anchor", "min_region_area")}
+    type(runtime).__mro__[1].__init__(runtime, runtime.path, old, runtime._engine, 32, None)
+    assert runtime.pixel_threshold_ == runtime.pixel_anchor_ == -runtime.offset_ and runtime.min_region_area == 0
+
+
 def test_maps_at_each_inputs_own_size_lists_paths_and_floats(det, exported, data, tmp_path):
     from PIL import Image
 
@@ -104,6 +140,8 @@ def test_metadata_travels_in_the_file(det, exported):
     assert meta["skpadim.format"] == "skpadim-onnx" and meta["skpadim.format_version"] == "1"
     config = json.loads(meta["skpadim.config"])
     assert config["offset"] == det.offset_
+    assert config["pixel_threshold"] == det.pixel_threshold_ and config["min_region_area"] == 0
+    assert config["pixel_anchor"] == det.pixel_anchor_ == -det.offset_for("auto")
     assert config["image_size"] == [32, 32]
     assert config["normalize"] == [[0.485, 0.456, 0.406], [0.229, 0.224, 0.225]]
     assert config["n_channels_in"] == 3 and config["n_features"] == 30

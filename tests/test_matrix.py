@@ -8,8 +8,9 @@ native size, ``covariance='oas'``, ``shift_tolerance``, ``neighbourhood``,
 runtime, the cluster fit, cluster scoring, and several threads at once. A
 cell passes when the path's model gives the reference's maps and scores to
 float32 round-off (and, where it fits, the same statistics, calibration
-images and ``offset_``). No cell of this matrix is refused; the refusals
-that exist (a combination refused on every path, export of a backbone run in
+images, ``offset_`` and ``pixel_threshold_``; the defect regions the path
+computes from its own maps, and to a pixel the reference's). No cell of
+this matrix is refused; the refusals that exist (a combination refused on every path, export of a backbone run in
 reduced precision) are tested where they belong.
 """
 
@@ -19,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import textured
+from conftest import assert_close_regions, textured
 from PIL import Image
 
-from skpadim import PadimDetector
+from skpadim import PadimDetector, _regions
 
 N = 30  # images fitted (6 held out for the calibration)
 BASE = dict(weights=None, image_size=48, n_features=10, batch_size=8, random_state=0, device="cpu")
@@ -54,7 +55,9 @@ PATHS = ["save/load", "partial_fit after load", "export + runtime", "cluster fit
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
     out = []
-    for i, img in enumerate(textured(N + 6, size=48, seed=11)):
+    images = textured(N + 6, size=48, seed=11)
+    images[N::2, 10:18, 20:30] = 255  # half of the new images have a defect
+    for i, img in enumerate(images):
         out.append(str(root / f"{i:02d}.png"))
         Image.fromarray(img).save(out[-1])
     return out[:N], out[N:]  # fitted, and new images to score
@@ -93,7 +96,16 @@ def assert_same_predictions(model, ref, images):
         np.testing.assert_allclose(g, m, rtol=1e-4, atol=1e-4 * float(np.abs(m).max()))
     np.testing.assert_allclose(got_scores, scores, rtol=1e-5)
     assert model.offset_ == pytest.approx(ref.offset_, rel=1e-6)
+    assert model.pixel_threshold_ == pytest.approx(ref.pixel_threshold_, rel=1e-5)
+    assert model.pixel_anchor_ == pytest.approx(ref.pixel_anchor_, rel=1e-5)
+    assert model.min_region_area == ref.min_region_area
     np.testing.assert_array_equal(model.predict(images), ref.predict(images))
+    # The path's regions come from its maps by the shared rule, and are the reference's.
+    regions = model.defect_regions(images)
+    settings = _regions.settings_of(model)
+    assert regions == [_regions.localize(g, s, settings)[1] for g, s in zip(got, got_scores)]
+    assert_close_regions(regions, [_regions.localize(m, s, _regions.settings_of(ref))[1]
+                                   for m, s in zip(maps, scores)])
 
 
 def assert_same_fit(det, ref):
@@ -104,6 +116,7 @@ def assert_same_fit(det, ref):
     np.testing.assert_allclose(det.precision_, ref.precision_, rtol=1e-4, atol=1e-5 * scale)
     np.testing.assert_allclose(det.calibration_scores_, ref.calibration_scores_, rtol=1e-5)
     assert det.offset_ == pytest.approx(ref.offset_, rel=1e-5)
+    assert det.pixel_threshold_ == pytest.approx(ref.pixel_threshold_, rel=1e-5)
 
 
 # ------------------------------------------------------------------ the paths
@@ -159,10 +172,15 @@ def cluster_scoring(option, files, client):
     ref = reference(option, files)
     np.testing.assert_allclose(skd.score_samples(ref, files[1], client=client, partition_size=2),
                                ref.score_samples(files[1]), rtol=1e-6)
-    results = list(skd.score_files(ref, files[1], client=client, with_maps=True, partition_size=2))
-    maps = ref.anomaly_map(files[1])
+    results = list(skd.score_files(ref, files[1], client=client, with_maps=True, with_regions=True,
+                                   partition_size=2))
+    maps, scores = ref.anomaly_map(files[1], return_scores=True)
     for r, m in zip(results, maps):
         np.testing.assert_allclose(r.map, m, rtol=1e-5, atol=1e-5 * float(np.abs(m).max()))
+    settings = _regions.settings_of(ref)
+    assert [r.regions for r in results] == [_regions.localize(r.map, -r.score, settings)[1] for r in results]
+    assert_close_regions([r.regions for r in results], [_regions.localize(m, s, settings)[1]
+                                                        for m, s in zip(maps, scores)])
 
 
 def threads(option, files):

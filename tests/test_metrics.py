@@ -590,3 +590,79 @@ def test_calibrate_threshold_errors():
     with pytest.raises(ValueError, match="metric must be 'f1', got 'auroc'"):
         calibrate_threshold(detector, X, y, metric="auroc")
     assert detector.offset_ == -np.inf  # untouched by the failed calls
+
+
+# ---------------------------------------------------------------- predicted masks
+
+
+def _mask_case(seed, shapes=((20, 24), (20, 24), (16, 30), (9, 9))):
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    for k, shape in enumerate(shapes):
+        field = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+        masks.append(field > 0.25 if k % 2 else np.zeros(shape, bool))  # defective and normal images
+        maps.append((field + rng.normal(0, 0.15, shape)).astype(np.float32))
+    return masks, maps
+
+
+def _slow_regions(masks, predicted):
+    """True regions found, and false predicted regions per image, one region at a time."""
+    eight = np.ones((3, 3), bool)
+    found = total = 0
+    false = []
+    for m, p in zip(masks, predicted):
+        labels, n = ndimage.label(m, structure=eight)
+        total += n
+        found += sum(bool((p & (labels == k)).any()) for k in range(1, n + 1))
+        plabels, pn = ndimage.label(p, structure=eight)
+        false.append(sum(not (m & (plabels == k)).any() for k in range(1, pn + 1)))
+    return found, total, np.array(false)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mask_metrics_against_scikit_learn_and_a_slow_reference(seed):
+    from sklearn.metrics import jaccard_score
+
+    from skpadim.metrics import false_regions_per_image, pixel_f1_score, pixel_iou, region_recall
+
+    masks, maps = _mask_case(seed)
+    threshold = float(np.quantile(np.concatenate([m.ravel() for m in maps]), 0.8))
+    predicted = [m >= threshold for m in maps]
+    flat_true = np.concatenate([m.ravel() for m in masks])
+    flat_pred = np.concatenate([p.ravel() for p in predicted])
+    assert pixel_f1_score(masks, predicted) == pytest.approx(f1_score(flat_true, flat_pred), abs=1e-12)
+    assert pixel_iou(masks, predicted) == pytest.approx(jaccard_score(flat_true, flat_pred), abs=1e-12)
+    found, total, false = _slow_regions(masks, predicted)
+    assert region_recall(masks, predicted) == found / total
+    assert false_regions_per_image(masks, predicted) == false.mean()
+    assert false_regions_per_image(masks, predicted, normal_only=True) == false[[0, 2]].mean()
+    # maps at a threshold are their masks `map >= threshold`; {0, 1} masks are booleans
+    for f in (pixel_f1_score, pixel_iou, region_recall, false_regions_per_image):
+        assert f(masks, maps, threshold=threshold) == f(masks, predicted)
+        assert f([m.astype(np.uint8) for m in masks], [p.astype(float) for p in predicted]) == f(masks, predicted)
+
+
+def test_mask_metrics_refuse_bad_input():
+    from skpadim.metrics import false_regions_per_image, pixel_f1_score, pixel_iou, region_recall
+
+    masks, maps = _mask_case(0)
+    predicted = [m > 0 for m in maps]
+    with pytest.raises(ValueError, match="same number of images, got 4 masks and 3 predictions"):
+        pixel_f1_score(masks, predicted[:3])
+    with pytest.raises(ValueError, match=r"predicted\[1\] has shape \(20, 23\) but masks\[1\] has shape \(20, 24\)"):
+        pixel_iou(masks, [p if i != 1 else p[:, :23] for i, p in enumerate(predicted)])
+    with pytest.raises(ValueError, match=r"predicted\[0\] must be a boolean mask .* pass threshold=t"):
+        region_recall(masks, maps)
+    with pytest.raises(ValueError, match=r"masks\[1\] must be boolean or hold only 0 \(normal\) and 1"):
+        pixel_f1_score([m * 2 for m in map(np.uint8, masks)], predicted)
+    with pytest.raises(ValueError, match="threshold must be None .* or a real number"):
+        pixel_f1_score(masks, maps, threshold="0.5")
+    empty = [np.zeros_like(m) for m in masks]
+    for f in (pixel_f1_score, pixel_iou, region_recall):
+        with pytest.raises(ValueError, match="needs (anomalous pixels|defect regions) in the true masks"):
+            f(empty, predicted)
+    assert false_regions_per_image(empty, predicted) >= 0  # defined on normal images alone
+    with pytest.raises(ValueError, match="needs normal images"):
+        false_regions_per_image([masks[1], masks[3]], [predicted[1], predicted[3]], normal_only=True)
+    with pytest.raises(ValueError, match="normal_only must be True or False"):
+        false_regions_per_image(masks, predicted, normal_only="yes")

@@ -129,6 +129,8 @@ def test_runtime_runs_where_import_torch_fails(exported, tmp_path):
         np.save({str(tmp_path / "labels.npy")!r}, det.predict(X))
         maps = det.anomaly_map([{str(tmp_path / "a.png")!r}, X[0]])
         np.save({str(tmp_path / "map0.npy")!r}, maps[0])
+        np.save({str(tmp_path / "masks.npy")!r}, det.anomaly_mask(X))
+        assert [len(r) > 0 for r in det.defect_regions(X)] == (det.predict(X) == -1).tolist()
         assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "sklearn")]
         print("ok", sorted(m for m in sys.modules if m.startswith("skpadim")))
     """)
@@ -139,6 +141,8 @@ def test_runtime_runs_where_import_torch_fails(exported, tmp_path):
     ref = det.score_samples(X)
     assert np.abs(scores - ref).max() < 1e-5 * np.abs(ref).max()
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), det.predict(X))
+    masks = np.load(tmp_path / "masks.npy")
+    assert masks[:2].any() and (masks != det.anomaly_mask(X)).mean() < 1e-3
     amap = np.load(tmp_path / "map0.npy")
     assert amap.shape == (30, 36)
     ref_map = det.anomaly_map([str(tmp_path / "a.png")])[0]

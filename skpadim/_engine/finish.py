@@ -101,6 +101,7 @@ def finish(state, stats, sample, rng, options, finished=None):
         if len(calibration) != max(1, n_held_out(new.n)):
             raise RuntimeError(f"{len(calibration)} calibration scores for {new.n} images")
         offset = offset_for(calibration, options.contamination)
-        pixel_threshold = fit_pixel_threshold(maps.cpu().numpy(), calibration, offset)
+        peaks = maps.amax(dim=(1, 2)).cpu().numpy()  # float32 on every device (mps has no float64)
+        pixel_threshold = fit_pixel_threshold(peaks)
     new.set_fitted(options, stats.mean(), precision, calibration, offset, pixel_threshold, host)
     return new

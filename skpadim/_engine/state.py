@@ -274,8 +274,10 @@ class FittedState:
         if fitted is not None:
             state.epsilon, state.sigma = float(fitted["epsilon"]), float(fitted["sigma"])
             state.contamination, state.offset = fitted["contamination"], float(fitted["offset"])
-            # Files from before pixel thresholds: the image threshold, until the next fit call.
-            state.pixel_threshold = float(fitted.get("pixel_threshold", -state.offset))
+            # Files from before pixel thresholds: the median held-out anomaly score, which is
+            # the fitted value when the image score is the map's maximum, until the next fit call.
+            state.pixel_threshold = float(fitted.get("pixel_threshold",
+                                                     np.median(-np.asarray(arrays["calibration"]))))
             state.image_score = fitted.get("image_score", "max")
             state.shift_tolerance = fitted.get("shift_tolerance", 0)
             state.covariance = fitted.get("covariance", "sample")

@@ -4,7 +4,8 @@
 process, with the images spread over the workers of a Dask cluster; the
 statistics are merged on the workers by a tree reduction, by blocks of patch
 positions, and the client receives the final arrays only.
-:func:`score_samples` scores on the workers; :func:`scatter` sends a fitted
+:func:`score_samples` scores on the workers and :func:`defect_regions` finds the
+defect regions there; :func:`scatter` sends a fitted
 detector to every worker once; :func:`connect` connects to a running
 scheduler; :func:`check_files` and :func:`score_files` check and score image
 files on the workers one bad file at a time (what ``skpadim fit`` and
@@ -17,10 +18,10 @@ line do not import Dask.
 
 import importlib
 
-__all__ = ["check_files", "connect", "fit", "scatter", "score_files", "score_samples"]
+__all__ = ["check_files", "connect", "defect_regions", "fit", "scatter", "score_files", "score_samples"]
 
 _MODULES = {"connect": "._client", "fit": "._fit", "scatter": "._score", "score_samples": "._score",
-            "check_files": "._files", "score_files": "._files"}
+            "defect_regions": "._score", "check_files": "._files", "score_files": "._files"}
 
 
 def require_dask():

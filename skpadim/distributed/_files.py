@@ -72,9 +72,10 @@ def check_files(X, *, client=None, strict=False, on_failure=None, on_image=None,
     return ok, failures
 
 
-def _score_partition(detector, paths, start, with_maps, on_result):
+def _score_partition(detector, paths, start, with_maps, with_regions, with_masks, on_result):
     rows = []
-    for r in score_images(detector, paths, with_maps=with_maps or on_result is not None):
+    for r in score_images(detector, paths, with_maps=with_maps or on_result is not None,
+                          with_regions=with_regions, with_masks=with_masks):
         r = r._replace(index=start + r.index)
         if r.error is None and on_result is not None:
             on_result(r)
@@ -82,8 +83,8 @@ def _score_partition(detector, paths, start, with_maps, on_result):
     return rows
 
 
-def score_files(detector, X, *, client=None, with_maps=False, on_result=None, strict=False,
-                partition_size=None):
+def score_files(detector, X, *, client=None, with_maps=False, with_regions=False, with_masks=False,
+                on_result=None, strict=False, partition_size=None):
     """Yield an :class:`~skpadim._batch.ImageResult` per image file, in input order, scored
     on the workers; a file that cannot be read is a record with ``error`` set.
 
@@ -97,10 +98,18 @@ def score_files(detector, X, *, client=None, with_maps=False, on_result=None, st
         ``None`` uses ``distributed.default_client()``.
     with_maps : bool, default=False
         Bring each image's anomaly map back to the client (in ``map``).
+    with_regions : bool, default=False
+        Compute each image's defect regions on the worker, where its map
+        is (in ``regions``: a list of :class:`skpadim.Region`, as
+        ``detector.defect_regions`` gives them).
+    with_masks : bool, default=False
+        Compute each image's defect mask on the worker (in ``mask``: a
+        boolean array at the image's size, as ``detector.anomaly_mask``).
     on_result : callable, default=None
         Called **on the worker** with each scored :class:`ImageResult`, its
-        map included, e.g. to write a picture next to the images (it must be
-        picklable: a module-level function or a ``functools.partial`` of one).
+        map included (and its regions and mask when asked), e.g. to write a
+        picture next to the images (it must be picklable: a module-level
+        function or a ``functools.partial`` of one).
         Its return value is ignored.
     strict : bool, default=False
         Raise :class:`~skpadim.exceptions.UnreadableImageError` for the first
@@ -112,7 +121,8 @@ def score_files(detector, X, *, client=None, with_maps=False, on_result=None, st
     ------
     result : ImageResult
         ``index`` (position in ``X``), ``path``, ``score`` (higher = more
-        anomalous), ``map`` (with ``with_maps``), ``error``.
+        anomalous), ``map`` (with ``with_maps``), ``error``, ``regions``
+        (with ``with_regions``), ``mask`` (with ``with_masks``).
     """
     client = get_client(client)
     paths = image_paths(X)
@@ -121,7 +131,8 @@ def score_files(detector, X, *, client=None, with_maps=False, on_result=None, st
         name = f"skpadim-files-{uuid.uuid4().hex[:12]}"
         futures = []
         try:
-            futures = [client.submit(_score_partition, model, paths[a:b], a, with_maps, on_result,
+            futures = [client.submit(_score_partition, model, paths[a:b], a, with_maps, with_regions, with_masks,
+                                     on_result,
                                      key=(name, k)) for k, (a, b) in enumerate(parts)]
             for fut in futures:
                 for r in fut.result():

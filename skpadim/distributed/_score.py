@@ -92,3 +92,49 @@ def score_samples(detector, X, *, client=None, partition_size=None):
         finally:
             for fut in futures:
                 fut.release()
+
+
+def regions_partition(detector, paths):
+    return detector.defect_regions(list(paths))
+
+
+def defect_regions(detector, X, *, client=None, partition_size=None):
+    """``detector.defect_regions(X)``, computed on the workers of a Dask cluster.
+
+    Each worker computes the maps of its images and their regions; only the
+    regions come back to the client (a few numbers per region).
+
+    Parameters
+    ----------
+    detector : PadimDetector or distributed.Future
+        A fitted detector, or the result of :func:`scatter`.
+    X : list of str or os.PathLike, or dask.bag.Bag of them
+        Image paths that every worker can read.
+    client : distributed.Client, default=None
+        ``None`` uses ``distributed.default_client()``.
+    partition_size : int, default=None
+        Images per task; ``None``: about two tasks per worker thread, at
+        least 64 images each.
+
+    Returns
+    -------
+    regions : list of N lists of skpadim.Region
+        In the order of ``X``; per image, largest first (none for an image
+        ``predict`` calls normal, at least one for an image it flags). A file
+        that cannot be read raises
+        :class:`~skpadim.exceptions.UnreadableImageError` naming it
+        (:func:`score_files` with ``with_regions=True`` goes on instead).
+    """
+    client = get_client(client)
+    paths = image_paths(X)
+    parts = partition_bounds(len(paths), partition_size, client)
+    name = f"skpadim-regions-{uuid.uuid4().hex[:12]}"
+    with scattered(detector, client) as model:
+        futures = []
+        try:
+            futures = [client.submit(regions_partition, model, paths[a:b], key=(name, k))
+                       for k, (a, b) in enumerate(parts)]
+            return [regions for part in client.gather(futures) for regions in part]
+        finally:
+            for fut in futures:
+                fut.release()

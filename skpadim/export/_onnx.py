@@ -42,6 +42,10 @@ def _config(det, facts, n_features, external):
         "skpadim_version": __version__,
         "graph": "tiles" if tiled else "images",
         "offset": float(det.offset_),
+        # The localization settings (the runtime's pixel_threshold_ and min_region_area).
+        "pixel_threshold": float(det.pixel_threshold_),
+        "pixel_anchor": float(det.pixel_anchor_),
+        "min_region_area": int(det.min_region_area),
         "image_size": [int(v) for v in facts["image_size"]],
         "normalize": None if norm is None else [list(map(float, norm[0])), list(map(float, norm[1]))],
         "n_channels_in": None if getattr(det, "n_channels_in_", None) is None else int(det.n_channels_in_),

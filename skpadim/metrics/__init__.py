@@ -15,6 +15,16 @@ Scores
     sign flip themselves (scikit-learn's ``score_samples``: lower = more
     abnormal).  A prediction at threshold ``t`` is ``score >= t``.
 
+Defect masks
+------------
+:func:`pixel_f1_score`, :func:`pixel_iou`, :func:`region_recall` and
+:func:`false_regions_per_image` score *predicted masks*
+(``detector.anomaly_mask(X)``) against the true masks, or anomaly maps at
+one ``threshold`` (``map >= threshold``); regions are 8-connected
+components. :func:`calibrate_pixel_threshold` sets a detector's
+``pixel_threshold_`` to the level whose masks reach the best pixel F1 on
+labelled masks, as :func:`calibrate_threshold` sets ``offset_``.
+
 Pixel metrics: exact or binned
 ------------------------------
 ``masks`` and ``maps`` are a 3-D array ``(n_images, height, width)``, lists of
@@ -43,6 +53,7 @@ fall into a handful of bins; pass a larger ``n_bins`` then.
 """
 
 from ._image import f1_max, image_auroc, image_average_precision, optimal_threshold
+from ._masks import false_regions_per_image, pixel_f1_score, pixel_iou, region_recall
 from ._pixel import (
     aupro,
     pixel_auroc,
@@ -52,6 +63,7 @@ from ._pixel import (
     pro_curve,
 )
 from ._scorers import (
+    calibrate_pixel_threshold,
     calibrate_threshold,
     f1_max_scorer,
     get_scorer,
@@ -61,9 +73,11 @@ from ._scorers import (
 
 __all__ = [
     "aupro",
+    "calibrate_pixel_threshold",
     "calibrate_threshold",
     "f1_max",
     "f1_max_scorer",
+    "false_regions_per_image",
     "get_scorer",
     "image_auroc",
     "image_auroc_scorer",
@@ -73,6 +87,9 @@ __all__ = [
     "pixel_auroc",
     "pixel_average_precision",
     "pixel_f1_max",
+    "pixel_f1_score",
+    "pixel_iou",
     "pixel_optimal_threshold",
     "pro_curve",
+    "region_recall",
 ]

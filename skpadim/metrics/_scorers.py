@@ -184,3 +184,143 @@ def calibrate_threshold(detector, X, y, *, metric="f1"):
     neg_threshold = dtype.type(-threshold)  # exact: -threshold is a raw score
     detector.offset_ = float(np.nextafter(neg_threshold, dtype.type(np.inf)))
     return detector
+
+
+def _localization_input(detector, X, masks):
+    """``(settings, maps, scores, masks)``: the detector's mask settings, and the maps and
+    scores of the validation images, every mask checked against its map."""
+    from .. import _regions
+
+    if hasattr(detector, "fit"):
+        check_is_fitted(detector)
+    for name in ("offset_", "pixel_threshold_", "pixel_anchor_", "min_region_area"):
+        if not hasattr(detector, name):
+            raise TypeError(f"calibrate_pixel_threshold needs a fitted detector with {name} (a "
+                            f"PadimDetector or an exported one), got {type(detector).__name__}.")
+    if isinstance(masks, np.ndarray):
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be a 3-D array (n_images, height, width) or a list of 2-D "
+                             f"arrays, got an array of shape {masks.shape}.")
+    elif not isinstance(masks, (list, tuple)):
+        raise TypeError(f"masks must be a 3-D array or a list of 2-D arrays (one per image of X), got "
+                        f"{type(masks).__name__}.")
+    settings = _regions.settings_of(detector)
+    maps, scores = detector.anomaly_map(X, return_scores=True)
+    if len(masks) != len(maps):
+        raise ValueError(f"masks holds {len(masks)} masks but X holds {len(maps)} images; pass one "
+                         "mask per image, at the image's size.")
+    checked = []
+    for i, (mask, amap) in enumerate(zip(masks, maps)):
+        mask = np.asarray(mask)
+        if mask.shape != amap.shape:
+            raise ValueError(f"masks[{i}] has shape {mask.shape} but image {i} of X is "
+                             f"{amap.shape[0]} x {amap.shape[1]} pixels; each mask must have its "
+                             "image's height and width.")
+        if mask.dtype != bool:
+            if mask.dtype.kind not in "iuf" or ((mask != 0) & (mask != 1)).any():
+                raise ValueError(f"masks[{i}] must be boolean or hold only 0 (normal) and 1 "
+                                 "(anomalous).")
+            mask = mask == 1
+        checked.append(mask)
+    if not any(m.any() for m in checked):
+        raise ValueError("calibrate_pixel_threshold needs defects in the masks, but every mask is "
+                         "empty: pass validation images with their defect masks.")
+    return settings, maps, np.asarray(scores, dtype=np.float64), checked
+
+
+def best_pixel_threshold(maps, scores, masks, settings):
+    """``(pixel threshold, F1)``: the level whose masks (:func:`skpadim._regions.anomaly_mask`,
+    before ``min_region_area``) reach the best pooled pixel F1 on ``masks``; the
+    highest such level on ties (None if no level changes the masks). Exact: every
+    level at which a mask changes is tried (:func:`skpadim._regions.levels`)."""
+    from .. import _regions
+
+    inside, outside, switches, fb_tp, fb_fp = [], [], [], [], []
+    n_true = 0
+    for amap, score, mask in zip(maps, scores, masks):
+        n_true += int(np.count_nonzero(mask))
+        lv = _regions.levels(amap, score, settings)
+        if not lv.flagged:
+            continue  # predict calls it normal: no mask at any pixel threshold
+        inside.append(lv.levels[mask & np.isfinite(lv.levels)])
+        outside.append(lv.levels[~mask & np.isfinite(lv.levels)])
+        switches.append(lv.switch)
+        fb_tp.append(np.count_nonzero(lv.fallback & mask))
+        fb_fp.append(np.count_nonzero(lv.fallback & ~mask))
+    if not switches:
+        raise ValueError("predict calls every image of X normal, so no pixel threshold gives them "
+                         "a mask: calibrate offset_ first (calibrate_threshold), or pass images with "
+                         "defects that the detector flags.")
+    inside = np.sort(np.concatenate(inside).astype(np.float64))
+    outside = np.sort(np.concatenate(outside).astype(np.float64))
+    order = np.argsort(switches)
+    switches = np.asarray(switches, np.float64)[order]
+    fb_tp = np.concatenate([[0], np.cumsum(np.asarray(fb_tp)[order])])
+    fb_fp = np.concatenate([[0], np.cumsum(np.asarray(fb_fp)[order])])
+    # Masks change only at these levels: each is the threshold of the interval it starts.
+    candidates = np.concatenate([inside, outside, switches])
+    candidates = np.unique(candidates[np.isfinite(candidates)])
+    if candidates.size == 0:  # every flagged image has its fallback mask, whatever the level
+        return None, float(2.0 * fb_tp[-1] / (fb_tp[-1] + fb_fp[-1] + n_true))
+    below = np.nextafter(np.float32(candidates[0]), np.float32(-np.inf))  # every pixel in
+    candidates = np.concatenate([[float(below)], candidates])
+    k = np.searchsorted(switches, candidates, side="right")  # images in their fallback
+    tp = inside.size - np.searchsorted(inside, candidates, side="right") + fb_tp[k]
+    fp = outside.size - np.searchsorted(outside, candidates, side="right") + fb_fp[k]
+    f1 = 2.0 * tp / (tp + fp + n_true)
+    best = int(np.flatnonzero(f1 == f1.max())[-1])
+    return float(candidates[best]), float(f1[best])
+
+
+def calibrate_pixel_threshold(detector, X, masks):
+    """Set a fitted detector's ``pixel_threshold_`` to the F1-optimal level on labelled masks.
+
+    The level is chosen for the masks the detector outputs
+    (``detector.anomaly_mask``): only on the images ``predict`` flags, with
+    their fallback to the map's peak, so that afterwards the pooled pixel
+    F1 of ``detector.anomaly_mask(X)`` against ``masks`` is the best any
+    ``pixel_threshold_`` reaches (counted before ``min_region_area``; the
+    highest such level on ties). Exact: every level at which a mask
+    changes is tried. ``offset_`` is not changed: calibrate it first with
+    :func:`calibrate_threshold` if you calibrate both.
+
+    Parameters
+    ----------
+    detector : PadimDetector or an exported detector of :mod:`skpadim.runtime`
+        Fitted; has ``anomaly_map``, ``offset_`` and ``pixel_threshold_``.
+    X : array-like
+        Validation images, as ``detector.anomaly_map`` accepts them.
+    masks : ndarray of shape (n_images, H, W) or list of 2-D arrays
+        Their defect masks (boolean or {0, 1}, 1 = defect), each at its
+        image's own size; all-False for normal images. Some must hold
+        defects.
+
+    Returns
+    -------
+    detector : estimator
+        The same detector, ``pixel_threshold_`` updated in place (and
+        nothing changed if an argument is refused).
+
+    See Also
+    --------
+    calibrate_threshold : The same for the image threshold ``offset_``.
+    pixel_f1_score : The F1 of the masks.
+
+    Examples
+    --------
+    >>> from skpadim import PadimDetector
+    >>> from skpadim.datasets import make_anomaly_images
+    >>> from skpadim.metrics import calibrate_pixel_threshold, pixel_f1_score
+    >>> X, y, masks = make_anomaly_images(30, 6, image_size=64, random_state=0)
+    >>> det = PadimDetector(weights=None, image_size=64, n_features=20, random_state=0)
+    >>> det = det.fit(X[:24])
+    >>> before = pixel_f1_score(masks[24:], det.anomaly_mask(X[24:]))
+    >>> det = calibrate_pixel_threshold(det, X[24:], masks[24:])
+    >>> pixel_f1_score(masks[24:], det.anomaly_mask(X[24:])) >= before
+    True
+    """
+    settings, maps, scores, masks = _localization_input(detector, X, masks)
+    threshold, _ = best_pixel_threshold(maps, scores, masks, settings)
+    if threshold is not None:  # None: no level changes these masks
+        detector.pixel_threshold_ = threshold
+    return detector

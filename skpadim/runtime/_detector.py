@@ -10,6 +10,7 @@ from .._images import check_images
 from .._model_kind import EXPORTED, model_kind
 from .._sizes import any_size, one_size_runs, size_problem
 from .. import _export_format as fmt
+from .. import _regions
 from ._engines import OpenVinoEngine, OrtEngine, check_options
 from ._maps import TileMaps, image_scores, smooth
 from ._resize import resize
@@ -51,7 +52,7 @@ def _check_batch_size(batch_size):
 class _ExportedDetector:
     """Prediction methods shared by the exported formats (see :class:`OnnxDetector`)."""
 
-    def __init__(self, path, config, engine, batch_size):
+    def __init__(self, path, config, engine, batch_size, min_region_area):
         _check_batch_size(batch_size)
         self.path = path
         self.config_ = config
@@ -59,6 +60,13 @@ class _ExportedDetector:
         self.image_size = tuple(int(v) for v in config["image_size"])
         self.n_channels_in_ = config.get("n_channels_in")
         self.offset_ = float(config["offset"])
+        # Files exported before pixel thresholds: the image threshold as both levels, no
+        # region dropped.
+        self.pixel_threshold_ = config.get("pixel_threshold", -self.offset_)
+        self._pixel_anchor = _regions.check_pixel_threshold(config.get("pixel_anchor", -self.offset_))
+        if min_region_area is None:
+            min_region_area = config.get("min_region_area", 0)
+        self.min_region_area = _regions.check_min_region_area(min_region_area, type(self).__name__)
         self._engine = engine
         self._facts = self.fitted_params_
         self._tilings = {}
@@ -78,8 +86,23 @@ class _ExportedDetector:
                 "n_tiles": 1, "n_channels": self.n_channels_in_, "sigma": config.get("sigma"),
                 "epsilon": config.get("epsilon"), "feature_map_shape": config.get("feature_map_shape")}
 
+    @property
+    def pixel_threshold_(self):
+        """Anomaly-map level above which the pixels of a flagged image are defects; may be set."""
+        return self._pixel_threshold
+
+    @pixel_threshold_.setter
+    def pixel_threshold_(self, value):
+        self._pixel_threshold = _regions.check_pixel_threshold(value)
+
+    @property
+    def pixel_anchor_(self):
+        """The level the relative part of a mask's level is measured from (fixed by the fit)."""
+        return self._pixel_anchor
+
     def __repr__(self):
-        return f"{type(self).__name__}({self.path!r}, image_size={self.image_size}, offset_={self.offset_:.6g})"
+        return (f"{type(self).__name__}({self.path!r}, image_size={self.image_size}, "
+                f"offset_={self.offset_:.6g}, pixel_threshold_={self.pixel_threshold_:.6g})")
 
     # ------------------------------------------------------------ batches
 
@@ -228,6 +251,49 @@ class _ExportedDetector:
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
+    def anomaly_mask(self, X):
+        """Boolean defect masks at each image's own size, as ``PadimDetector.anomaly_mask``.
+
+        Empty for the images :meth:`predict` calls normal; on the images it
+        flags, the pixels whose map is above ``pixel_threshold_`` (at least
+        the map's maximum), regions smaller than ``min_region_area`` left
+        out but for the largest.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        masks : ndarray of shape (N, H, W), bool, or a list of (H_i, W_i)
+            arrays when the images have different sizes.
+        """
+        masks = [m for m, _ in self._localize(X)]
+        return np.stack(masks) if len({m.shape for m in masks}) == 1 else masks
+
+    def defect_regions(self, X):
+        """The defect regions of each image, as ``PadimDetector.defect_regions``.
+
+        Parameters
+        ----------
+        X : array of shape (N, H, W[, C]), list of images or list of paths
+
+        Returns
+        -------
+        regions : list of N lists of :class:`skpadim.Region`
+            Per image, largest first (``box``, ``area``, ``centroid``,
+            ``peak``, ``mean``); none for an image :meth:`predict` calls
+            normal, at least one for an image it flags.
+        """
+        return [r for _, r in self._localize(X)]
+
+    def _localize(self, X):
+        settings = _regions.settings_of(self)
+        out = []
+        for scores, maps in self.iter_anomaly_maps(X):
+            out.extend(_regions.localize(m, s, settings) for m, s in zip(maps, scores))
+        return out
+
 
 class OnnxDetector(_ExportedDetector):
     """A detector exported by :func:`skpadim.export.to_onnx`, run without torch.
@@ -259,12 +325,24 @@ class OnnxDetector(_ExportedDetector):
         not exact: measure it on your images, see docs/deploy.md).
     providers : list, default=None
         onnxruntime only: execution providers (default: the CPU).
+    min_region_area : int, default=None
+        :meth:`defect_regions` and :meth:`anomaly_mask` leave out regions
+        smaller than this many pixels (but for the largest of a flagged
+        image); None: the exported detector's ``min_region_area``.
 
     Attributes
     ----------
     offset_ : float
         ``decision_function = score_samples - offset_``; set it to move the
         threshold.
+    pixel_threshold_ : float
+        The exported detector's pixel threshold (anomaly-map units), the
+        floor of the level that cuts a flagged image's map into its defect
+        mask; set it to move it (e.g. with
+        :func:`skpadim.metrics.calibrate_pixel_threshold`).
+    pixel_anchor_ : float
+        The level the relative part of a mask's level is measured from, as
+        ``PadimDetector.pixel_anchor_`` (read-only).
     image_size : (int, int)
         The size images are resized to before the graph.
     n_channels_in_ : int or None
@@ -293,7 +371,7 @@ class OnnxDetector(_ExportedDetector):
     """
 
     def __init__(self, path, *, backend="onnxruntime", batch_size=32, n_threads=None,
-                 inference_precision="f32", providers=None):
+                 inference_precision="f32", providers=None, min_region_area=None):
         check_options(backend, n_threads, inference_precision, type(self).__name__)
         path = os.fspath(path)
         config = fmt.read_onnx(path)
@@ -302,7 +380,7 @@ class OnnxDetector(_ExportedDetector):
         else:
             engine = OpenVinoEngine(path, n_threads, inference_precision)
         self.backend = backend
-        super().__init__(path, config, engine, batch_size)
+        super().__init__(path, config, engine, batch_size, min_region_area)
 
 
 class OpenVinoDetector(_ExportedDetector):
@@ -316,16 +394,17 @@ class OpenVinoDetector(_ExportedDetector):
     path : str or os.PathLike
         The folder written by ``to_openvino`` (model.xml, model.bin,
         skpadim.json).
-    batch_size, n_threads, inference_precision : see :class:`OnnxDetector`.
+    batch_size, n_threads, inference_precision, min_region_area : see :class:`OnnxDetector`.
     """
 
-    def __init__(self, path, *, batch_size=32, n_threads=None, inference_precision="f32"):
+    def __init__(self, path, *, batch_size=32, n_threads=None, inference_precision="f32",
+                 min_region_area=None):
         check_options("openvino", n_threads, inference_precision, type(self).__name__)
         path = os.fspath(path)
         config = read_ir(path)
         engine = OpenVinoEngine(os.path.join(path, fmt.IR_FILES[0]), n_threads, inference_precision)
         self.backend = "openvino"
-        super().__init__(path, config, engine, batch_size)
+        super().__init__(path, config, engine, batch_size, min_region_area)
 
 
 def read_ir(path):
