@@ -181,7 +181,7 @@ def score_images(detector, items, *, with_maps=False, with_regions=False, with_m
     """
     from ._sizes import size_problem
 
-    batch = int(detector.batch_size)
+    batch = 32 if isinstance(detector.batch_size, str) else int(detector.batch_size)  # "auto": 32 on a CPU
     chunk_size = chunk_size or CHUNK_BATCHES * batch
     gray = getattr(detector, "n_channels_in_", None) == 1
     want = _Wanted(with_maps, with_regions, with_masks,

@@ -65,8 +65,11 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         fence, Q3 + 3 * IQR of the held-out anomaly scores (see Notes).
     normalize : 'imagenet', None or (mean, std), default='imagenet'
         Per-channel normalization of images in [0, 1] before the backbone.
-    batch_size : int, default=32
-        Images per forward pass.
+    batch_size : int or 'auto', default='auto'
+        Images per forward pass (tiles, with ``tile_size``). ``'auto'``: 32
+        on a CPU; on a CUDA GPU, the largest power of two up to 256 whose
+        working memory fits in a quarter of the memory free when the call
+        starts and in 8 GiB (docs/performance.md).
     device : str or torch.device, default="auto"
         ``"auto"`` picks cuda, then mps, then cpu.
     random_state : int, RandomState instance or None, default=None
@@ -145,8 +148,8 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         The backbone; the modules after the last of ``layers_`` are removed. It
         is what ``save`` stores and is never modified: the forward pass runs a
         copy of it with its batch normalizations folded into the convolutions
-        before them (and, on a CPU, in the channels_last memory format), which
-        gives the same features up to float32 rounding.
+        before them (and, on a CPU or a CUDA GPU, in the channels_last memory
+        format), which gives the same features up to float32 rounding.
     n_samples_seen_, n_channels_in_ : int
         Number of normal images fitted; their channel count (1 or 3).
     calibration_scores_ : ndarray of shape (k,), float64
@@ -225,7 +228,7 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         sigma=4.0,
         contamination="auto",
         normalize="imagenet",
-        batch_size=32,
+        batch_size="auto",
         device="auto",
         random_state=None,
         verbose=False,

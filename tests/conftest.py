@@ -7,8 +7,67 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+#: The device of the shared settings: ``--skpadim-device`` or $SKPADIM_TEST_DEVICE (cpu by default).
+DEVICE = os.environ.get("SKPADIM_TEST_DEVICE", "cpu")
+
 # Small, fast settings: random (seeded) ResNet-18 weights, 32 px images.
-SMALL = dict(weights=None, image_size=32, n_features=20, batch_size=4, random_state=0, device="cpu")
+SMALL = dict(weights=None, image_size=32, n_features=20, batch_size=4, random_state=0, device=DEVICE)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--skpadim-device", default=None, metavar="DEVICE",
+        help="device of the shared test settings (tests/conftest.py's SMALL): cpu (default) or cuda; "
+             "also $SKPADIM_TEST_DEVICE. Tests marked cpu_only are skipped on another device.",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cpu_only(reason): checks what only a CPU does (its kernels, layouts, warnings); "
+        "skipped when the shared settings run on another device (--skpadim-device)")
+    device = config.getoption("--skpadim-device", default=None)
+    if device:
+        SMALL["device"] = device
+        os.environ["SKPADIM_TEST_DEVICE"] = device  # the tests' child processes too
+    if SMALL["device"].startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"device {SMALL['device']!r} asked for, but torch sees no CUDA GPU here.")
+
+
+def pytest_collection_modifyitems(config, items):
+    if SMALL["device"] == "cpu":
+        return
+    for item in items:
+        marker = item.get_closest_marker("cpu_only")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "CPU behaviour"
+            item.add_marker(pytest.mark.skip(reason=f"CPU only ({why}); the shared settings run on "
+                                                    f"{SMALL['device']}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def full_float32_on_cuda():
+    """On CUDA, convolutions and matrix products in full float32 for the whole session.
+
+    cuDNN runs float32 convolutions in TF32 by default (about 1e-3 relative),
+    which the CPU references and tolerances of the suite were not made for;
+    the library leaves the setting as it finds it, and benchmarks/gpu_check.py
+    measures the default. Restored at the end.
+    """
+    if not SMALL["device"].startswith("cuda"):
+        yield
+        return
+    import torch
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def textured(n, size=32, seed=0, channels=3):

@@ -49,12 +49,12 @@ def embeddings(det, X, neighbourhood=1):
     ]
     try:
         with torch.no_grad():
-            det.backbone_(x)  # the whole (truncated) network, no early stop ...
+            det.backbone_(x.to(det.device_))  # the whole (truncated) network, no early stop ...
     except RuntimeError as exc:  # ... until its first removed module, after the tapped layers
         assert "was removed" in str(exc)
     for h in hooks:
         h.remove()
-    feats = [torch.from_numpy(window_mean(outputs[name].double().numpy(), neighbourhood)) for name in det.layers_]
+    feats = [torch.from_numpy(window_mean(outputs[name].double().cpu().numpy(), neighbourhood)) for name in det.layers_]
     grid = max((f.shape[-2:] for f in feats), key=lambda s: s[0] * s[1])
     full = torch.cat([F.interpolate(f, size=grid, mode="nearest") for f in feats], dim=1)
     return full[:, torch.as_tensor(det.feature_index_)].numpy()

@@ -64,7 +64,7 @@ def test_image_score_sets_the_calibration_scores_too(data):
     dist = state.stats.distances_of(emb, state.epsilon, held_out=True).T.float().reshape(-1, *state.grid)
     from skpadim._engine.maps import anomaly_maps
 
-    maps = anomaly_maps(dist, state.layout.image_size, state.sigma).numpy()
+    maps = anomaly_maps(dist, state.layout.image_size, state.sigma).cpu().numpy()
     np.testing.assert_allclose(-det.calibration_scores_, top_mean_reference(maps, 0.05), rtol=1e-5)
     assert np.all(det.calibration_scores_ > base.calibration_scores_)  # a mean is below the maximum
     assert det.offset_ != base.offset_
@@ -101,7 +101,7 @@ def test_image_score_is_exported_to_onnx(data, tmp_path):
     from skpadim.runtime import OnnxDetector
 
     X, X_test = data
-    det = PadimDetector(**SMALL, image_score=0.03).fit(X[:30])
+    det = PadimDetector(**{**SMALL, "device": "cpu"}, image_score=0.03).fit(X[:30])  # as the export runs
     to_onnx(det, tmp_path / "m.onnx")
     got = OnnxDetector(tmp_path / "m.onnx").score_samples(X_test)
     np.testing.assert_allclose(got, det.score_samples(X_test), rtol=1e-5)
@@ -161,7 +161,7 @@ def test_neighbourhood_is_exported_to_onnx(data, tmp_path):
     from skpadim.runtime import OnnxDetector
 
     X, X_test = data
-    det = PadimDetector(**SMALL, neighbourhood=3).fit(X[:30])
+    det = PadimDetector(**{**SMALL, "device": "cpu"}, neighbourhood=3).fit(X[:30])  # as the export runs
     to_onnx(det, tmp_path / "m.onnx")
     maps, scores = OnnxDetector(tmp_path / "m.onnx").anomaly_map(X_test, return_scores=True)
     eager = det.anomaly_map(X_test)

@@ -95,9 +95,11 @@ def test_memory_quick_mode(run_quick):
 
 def test_gpu_check_cpu_twin(run_quick):
     """The GPU check's own code path, on the CPU: the device run equals the CPU reference
-    exactly, and anomalib's maps match skpadim's as in the parity test."""
+    exactly, anomalib's maps match skpadim's as in the parity test, and every part (the
+    bare backbone, the batch sizes, the large embedding, the one large fit) reports."""
     data = run_quick("gpu_check.py", "--device", "cpu")
-    assert set(data["tables"]) == {"speed", "metrics", "parity"}
+    assert set(data["tables"]) == {"speed", "metrics", "parity", "throughput", "throughput large",
+                                   "batch sizes", "wide", "huge"}
     speed = {row[0]: row for row in data["tables"]["speed"]["rows"]}
     assert set(speed) == {"skpadim on cpu", "anomalib on cpu", "skpadim on cpu, backbone_dtype=bfloat16",
                           "skpadim on cpu (reference)"}
@@ -110,6 +112,19 @@ def test_gpu_check_cpu_twin(run_quick):
     metrics = {row[0]: [float(c) for c in row[1:]] for row in data["tables"]["metrics"]["rows"]}
     assert metrics["skpadim on cpu"] == metrics["skpadim on cpu (reference)"]
     assert np.allclose(metrics["skpadim on cpu"], metrics["anomalib on cpu"], atol=2e-3)
+    for key in ("throughput", "throughput large"):
+        rows = {(row[0], row[1]): row for row in data["tables"][key]["rows"]}
+        for call in ("fit", "score_samples", "anomaly_map", "predict"):
+            row = rows["float32", f"skpadim {call}"]
+            assert row[2] == "32" and positive(float(row[3].replace(",", ""))) and positive(float(row[4])), row
+            assert row[6].endswith("x") and positive(float(row[6].rstrip("x"))), row  # against anomalib
+        assert rows["float32", "bare backbone (uint8 host array in)"][4] == "1.00"
+        assert {"anomalib fit", "anomalib predict"} <= {name for _, name in rows}
+    assert [row[0] for row in data["tables"]["batch sizes"]["rows"]] == ["4", "8"]
+    wide = data["tables"]["wide"]["rows"]
+    assert wide[0][0].startswith("skpadim") and wide[1][0].startswith("anomalib") and len(wide) == 3
+    huge = data["tables"]["huge"]["rows"]
+    assert huge[0][1] == "24" and positive(float(huge[0][3])) and float(huge[1][4].split()[0]) >= 0
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def data():
 def det(data):
     # 48 px images against image_size=32: the resize is exercised; 80 images
     # pass the 64-image reservoir; n_features spans the three layers.
-    params = {**SMALL, "n_features": 30}
+    params = {**SMALL, "n_features": 30, "device": "cpu"}  # where the exported graph runs
     return PadimDetector(**params).fit(data[0])
 
 
@@ -299,7 +299,7 @@ def test_custom_backbone_without_normalization(data, tmp_path):
 
 def test_grayscale_detector(tmp_path):
     X = textured(30, size=40, seed=3, channels=1)
-    det = PadimDetector(**SMALL).fit(X)
+    det = PadimDetector(**{**SMALL, "device": "cpu"}).fit(X)  # where the exported graph runs
     to_onnx(det, tmp_path / "g.onnx")
     runtime = OnnxDetector(tmp_path / "g.onnx")
     assert runtime.n_channels_in_ == 1

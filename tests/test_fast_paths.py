@@ -233,6 +233,7 @@ def test_untraceable_backbone_runs_unfolded(data):
     assert np.isfinite(det.anomaly_map(X_test)).all()
 
 
+@pytest.mark.cpu_only("bfloat16 on a CPU: its emulation warning and CPU autocast")
 def test_bfloat16_runs_the_backbone_in_reduced_precision(data, monkeypatch):
     X, X_test = data
     monkeypatch.setattr(dtypes, "_cpu_native", lambda dtype: False)
@@ -275,6 +276,7 @@ def test_backbone_dtype_survives_pickle_save_load_and_resume(data, tmp_path, mon
         resumed.set_params(backbone_dtype="float32").partial_fit(X[:5])
 
 
+@pytest.mark.cpu_only("float16 is refused on a CPU, and runs on a GPU")
 def test_bad_backbone_dtype_is_refused(data):
     X = data[0][:8]
     with pytest.raises(InvalidParameterError, match="'backbone_dtype' parameter"):

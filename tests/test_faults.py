@@ -244,8 +244,9 @@ def _need(det_or_none=None):
 def test_memory_check_compares_with_available_memory(monkeypatch):
     need = _need()
     _available(monkeypatch, int(need * 0.5))
+    kind = torch.device(SMALL["device"]).type
     with pytest.raises(MemoryError, match=r"n_features=20 with 64 patch positions needs about .* GiB.*"
-                                          r"more than this cpu device has available.*Lower n_features"):
+                                          rf"more than this {kind} device has available.*Lower n_features"):
         PadimDetector(**SMALL).fit(A)
 
 

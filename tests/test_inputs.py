@@ -231,7 +231,7 @@ _NO_CUDA = not torch.cuda.is_available()
         ({"image_size": (32,)}, r"'image_size' .*\(height, width\) pair.*Got \(32,\)"),
         ({"image_size": "big"}, r"'image_size' .*Got 'big'"),
         ({"image_size": 32.0}, r"'image_size' .*Got 32.0"),
-        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be an int in the range \[1, inf\). Got 0 instead"),
+        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be a str among \{'auto'\} or an int in the range \[1, inf\). Got 0 instead"),
         ({"batch_size": 2.5}, r"'batch_size' .*Got 2.5"),
         ({"device": "tpu"}, r"'device' parameter of PadimDetector must be 'auto', 'cpu', 'cuda'.*Got 'tpu'"),
         ({"device": "cuda:7"}, r"'device' parameter of PadimDetector is 'cuda:7', but"),
@@ -265,7 +265,7 @@ def _calls(det):
 @pytest.mark.parametrize(
     "params, match",
     [
-        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be an int in the range \[1, inf\). Got 0 instead"),
+        ({"batch_size": 0}, r"The 'batch_size' parameter of PadimDetector must be a str among \{'auto'\} or an int in the range \[1, inf\). Got 0 instead"),
         ({"batch_size": True}, r"'batch_size' .*Got True instead"),
         ({"contamination": 5.0}, r"The 'contamination' parameter of PadimDetector must be .* \(0.0, 0.5\]. Got 5.0 instead"),
         ({"epsilon": float("inf")}, r"'epsilon' .*Got inf instead"),

@@ -57,7 +57,7 @@ def test_calibration_scores_are_out_of_sample():
     items, ids = sample.held_out(det.n_samples_seen_)
     assert len(ids) == 30 // 5 and len(set(ids.tolist())) == len(ids)
     # The stored channels are those of the images the ids name.
-    held = det._state.layout.patches.embed_kept(items).numpy().transpose(2, 1, 0)  # (k, d, P)
+    held = det._state.layout.patches.embed_kept(items).cpu().numpy().transpose(2, 1, 0)  # (k, d, P)
     E = reference.embeddings(det, X).reshape(30, len(det.feature_index_), -1)
     np.testing.assert_allclose(held, E[ids], rtol=1e-5, atol=1e-5)
     others = np.setdiff1d(np.arange(30), ids)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import textured
+from conftest import SMALL, textured
 
 pytest.importorskip("onnx", reason="the export extra (in the test extra) is not installed")
 pytest.importorskip("onnxruntime")
@@ -82,10 +82,13 @@ def test_resize_against_a_slow_float64_reference():
 
 
 @pytest.fixture(scope="module")
-def exported(fitted, tmp_path_factory):
+def exported(fitted, images, tmp_path_factory):
+    from skpadim import PadimDetector
     from skpadim.export import to_onnx
 
-    det = fitted  # conftest's session detector (32 px, resized from 40 px below)
+    # conftest's session detector (32 px, resized from 40 px below), fitted where the
+    # exported graph runs: the CPU
+    det = fitted if fitted.device_.type == "cpu" else PadimDetector(**{**SMALL, "device": "cpu"}).fit(images)
     root = tmp_path_factory.mktemp("rt")
     to_onnx(det, root / "model.onnx", external_data_threshold=0)
     det.save(root / "model.skpadim")

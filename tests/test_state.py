@@ -206,7 +206,7 @@ def test_the_backbone_keeps_only_what_runs(first):
     assert any(k.startswith("layer3") for k in keys)
     with pytest.raises(RuntimeError, match=r"The module 'layer4' of this backbone was removed.*'layer3'"):
         with torch.no_grad():
-            first.backbone_(torch.zeros(1, 3, 32, 32))
+            first.backbone_(torch.zeros(1, 3, 32, 32, device=first.device_))
 
 
 def test_unpickling_does_not_factorize(first, monkeypatch):

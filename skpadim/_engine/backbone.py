@@ -4,9 +4,11 @@ Everything here runs at ``fit`` time; nothing is downloaded unless the user
 asked for pretrained torchvision weights that are not in the torch hub cache.
 """
 
+import collections
 import copy
 import difflib
 import os
+import threading
 from urllib.parse import urlparse
 
 import torch
@@ -44,6 +46,72 @@ def default_layers(backbone):
 
 def default_n_features(backbone):
     return _PAPER_N_FEATURES.get(backbone) if isinstance(backbone, str) else None
+
+
+#: Randomly initialized torchvision models (``weights=None``) kept on the CPU, by (name, seed),
+#: the latest :data:`_RANDOM_KEPT`. Drawing the weights is host work at every fit (a torch
+#: profile of a 2,048-image resnet18 fit on an H200 machine: 178 ms of its 480 ms on the
+#: host); a model built on a GPU receives them instead, without a copy on the host. On a
+#: CPU a copy costs about what drawing does (resnet18: 0.07-0.10 s of CPU time each).
+_RANDOM = collections.OrderedDict()
+_RANDOM_KEPT = 2
+_RANDOM_LOCK = threading.Lock()
+
+
+def _drawn(name, seed):
+    """The cached CPU model of ``name`` with weights drawn from ``seed`` (never handed out)."""
+    key = (name, int(seed))
+    with _RANDOM_LOCK:
+        model = _RANDOM.get(key)
+        if model is not None:
+            _RANDOM.move_to_end(key)
+            return model
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+    with _RANDOM_LOCK:
+        _RANDOM[key] = model
+        while len(_RANDOM) > _RANDOM_KEPT:
+            _RANDOM.popitem(last=False)
+    return model
+
+
+def random_model(name, seed, device="cpu"):
+    """A fresh ``name`` with the weights ``seed`` draws (as ``get_model(name, weights=None)``
+    after ``torch.manual_seed(seed)``), on ``device``; torch's random state is left alone.
+
+    The weights are drawn once per (name, seed) while the pair is among the latest
+    :data:`_RANDOM_KEPT`; every call gets its own copy. On a device other than the
+    CPU the module is built there directly and receives the weights (:func:`_built_on`).
+    """
+    drawn = _drawn(name, seed)
+    device = torch.device(device)
+    if device.type != "cpu":
+        model = _built_on(name, drawn, device)
+        if model is not None:
+            return model
+    return copy.deepcopy(drawn).to(device)
+
+
+def _built_on(name, drawn, device):
+    """``name`` built empty on ``device`` and given ``drawn``'s weights, or None where that
+    does not make an exact copy (an architecture that cannot be built without data, or one
+    with tensors outside its state_dict)."""
+    import torchvision
+
+    try:
+        with torch.device("meta"):
+            model = torchvision.models.get_model(name, weights=None)
+    except Exception:  # noqa: BLE001 - built on the CPU instead
+        return None
+    state = drawn.state_dict()
+    if set(state) != set(dict(model.named_parameters())) | set(dict(model.named_buffers())):
+        return None
+    model = model.to_empty(device=device)
+    model.load_state_dict(state, strict=True)
+    return model.train(drawn.training)
 
 
 def _unknown(kind, value, choices, hint):
@@ -112,11 +180,12 @@ def _load_into(model, state, source):
         ) from None
 
 
-def build_backbone(backbone, weights, seed=0):
+def build_backbone(backbone, weights, seed=0, device="cpu"):
     """Return ``(module, description)`` for the ``backbone``/``weights`` parameters.
 
-    ``module`` is a fresh module (a deep copy for user modules) on the CPU.
-    Random initialization (``weights=None``) is seeded with ``seed``, without
+    ``module`` is a fresh module (a deep copy for user modules) on the CPU, or
+    on ``device`` for random weights (:func:`random_model`). Random
+    initialization (``weights=None``) is seeded with ``seed``, without
     touching torch's global random state. ``description`` is a short string
     for messages.
     """
@@ -149,9 +218,7 @@ def build_backbone(backbone, weights, seed=0):
             f"{', '.join(repr(n) for n in named.NAMED)}, or an nn.Module.",
         )
     if weights is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return torchvision.models.get_model(backbone, weights=None), backbone
+        return random_model(backbone, seed, device), backbone
     if not isinstance(weights, (str, os.PathLike)) and not _is_weights_enum(weights):
         raise ValueError(
             "The 'weights' parameter must be 'DEFAULT', a weights enum name or member, "

@@ -81,6 +81,33 @@ def warn_if_emulated(name, device):
     )
 
 
+#: Modules whose weights autocast casts to the reduced dtype at every call (its
+#: lower-precision ops: convolutions, transposed convolutions, matrix products).
+_AUTOCAST_WEIGHTS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose1d,
+                     torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d, torch.nn.Linear)
+
+
+def precast(module, name):
+    """Cast, in place, the weights that :func:`autocast` would cast at every call of
+    ``module`` (a copy that only ever runs under it) to ``backbone_dtype=name``, once.
+
+    Autocast rounds a float32 weight to the reduced dtype before each
+    convolution or matrix product, and leaves one already in that dtype as it
+    is: the results are the same, without one cast per layer and batch.
+    Other parameters (normalizations left unfolded) stay float32, as autocast
+    leaves them. float32: nothing changes.
+    """
+    dtype = BACKBONE_DTYPES[name]
+    if dtype is None:
+        return module
+    for m in module.modules():
+        if isinstance(m, _AUTOCAST_WEIGHTS):
+            for p in (m.weight, m.bias):
+                if p is not None and p.dtype == torch.float32:
+                    p.data = p.data.to(dtype)
+    return module
+
+
 def autocast(name, device):
     """The context that runs the backbone in ``backbone_dtype=name`` on ``device``."""
     dtype = BACKBONE_DTYPES[name]

@@ -3,8 +3,11 @@
 :class:`Embedder` runs the backbone the way that is fastest on its device and
 gives the same features as the module itself up to float32 rounding: a copy
 of the module with its batch normalizations folded into the convolutions
-before them (:mod:`.fold`), in the channels_last memory format on CPUs. The
-module the detector exposes (``backbone_``) and saves is never changed.
+before them (:mod:`.fold`), in the channels_last memory format on CPUs and
+CUDA GPUs (with its weights in the reduced ``backbone_dtype`` on the latter).
+The module the detector exposes (``backbone_``) and saves is never changed.
+Images come in through :class:`~.transfer.Staging`: on a GPU each batch's
+copy runs while the previous batch is computed.
 """
 
 import torch
@@ -12,15 +15,24 @@ import torch
 from .._sizes import one_size_runs
 from . import dtypes as _dtypes
 from .fold import fold_batchnorm
-from .images import tensor_batch
+from .images import float_batch
 from .progress import progress_bar, stage
 from .taps import LayerTaps
+from .transfer import Staging, ahead
 
 #: Device types whose backbone runs in the channels_last memory format (NHWC):
 #: oneDNN's NHWC convolutions on CPUs, 1.4-1.6x the default NCHW layout for
 #: resnet18 and wide_resnet50_2 (benchmarks/speed.py), with the same results
-#: up to float32 rounding. Not yet measured on GPUs.
-CHANNELS_LAST = {"cpu"}
+#: up to float32 rounding. CUDA GPUs too, in every backbone_dtype: cuDNN's
+#: tensor-core convolutions work in NHWC (benchmarks/gpu_check.py times the
+#: detector against the bare backbone in that layout, docs/performance.md).
+CHANNELS_LAST = {"cpu", "cuda"}
+
+#: Device types where a reduced backbone_dtype casts the weights of the forward pass's
+#: copy once, when it is built: autocast would cast every convolution's weights again at
+#: every batch (one more kernel each). The results are those of autocast (it rounds the
+#: same float32 weights the same way). CPUs keep autocast's own casts.
+PRECAST = {"cuda"}
 
 
 #: Fold batch normalizations into the convolutions before them (:mod:`.fold`):
@@ -35,7 +47,8 @@ class Embedder:
 
     The forward pass runs a copy of ``model`` with its batch normalizations
     folded (while :data:`FOLD_BATCHNORM`), its weights and inputs in the
-    channels_last memory format on the devices of :data:`CHANNELS_LAST` (the
+    channels_last memory format on the devices of :data:`CHANNELS_LAST`
+    (weights cast once to ``backbone_dtype`` on those of :data:`PRECAST`; the
     normalization writes its output in that layout, so the conversion costs no
     extra pass). When that copy gains nothing (no normalization to fold, no
     layout to change) ``model`` itself runs. If the copy's forward pass fails
@@ -68,7 +81,10 @@ class Embedder:
         if not (self.folded or channels_last):
             return plain
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        return LayerTaps(module.to(memory_format=fmt), layers), fmt
+        module = module.to(memory_format=fmt)
+        if torch.device(self.device).type in PRECAST:
+            _dtypes.precast(module, self.dtype)
+        return LayerTaps(module, layers), fmt
 
     @property
     def channels_last(self):
@@ -146,13 +162,15 @@ class Embedder:
         layout = self.layout
         flexible = layout.any_size and not fitting
         first = 0
-        for imgs, sizes in images.host_batches(max(1, batch_size // layout.n_tiles)):
+        staging = Staging(self.device)  # each batch's copy starts before the previous one runs
+        host = images.host_batches(max(1, batch_size // layout.n_tiles))
+        for (_, sizes), ticket in ahead(host, lambda batch: staging.send(batch[0])):
             if layout.native:
                 layout.check_sizes(sizes, first, fitting=fitting)
             first += len(sizes)
+            imgs = staging.receive(ticket)
             if not flexible:
-                yield tensor_batch(imgs, layout.image_size, self.device), sizes, layout.tiling
+                yield float_batch(imgs, layout.image_size), sizes, layout.tiling
                 continue
             for start, stop in one_size_runs(sizes, lambda size: batch_size // layout.tiling_for(size).n_tiles):
-                yield (tensor_batch(imgs[start:stop], None, self.device), sizes[start:stop],
-                       layout.tiling_for(sizes[start]))
+                yield float_batch(imgs[start:stop], None), sizes[start:stop], layout.tiling_for(sizes[start])

@@ -20,11 +20,14 @@ the statistics and the calibration sample alone, never the backbone:
 
 from typing import NamedTuple, Union
 
+import numpy as np
+
 from .._regions import fit_pixel_threshold
 from .calibration import n_held_out, offset_for
 from .maps import image_scores
 from .progress import stage
 from .shifts import offsets, to_patches
+from .transfer import is_staged
 
 
 class FitOptions(NamedTuple):
@@ -53,18 +56,19 @@ def held_out_embedding(layout, sample, n, device):
     return layout.embed_kept(items).to(device), held_out
 
 
-def finish_positions(stats, emb, options, grid, first=0, *, held_out=True):
+def finish_positions(stats, emb, options, grid, first=0, *, held_out=True, host=None):
     """``(precision, squared)`` for the Gaussians of ``stats``, the statistics of the
     positions ``first:first + len`` of the patch grid (all of them in one process, a
     block of them on a cluster worker).
 
-    ``precision``: (len, d, d) float32; ``squared``: one (len, k) float64
+    ``precision``: (len, d, d) float32 (also copied into the numpy array
+    ``host``, if given, as it is computed); ``squared``: one (len, k) float64
     tensor per step of the shift window (:mod:`.shifts`), the squared
     distances of the held-out patches ``emb`` (every position's, as
     :func:`held_out_embedding` gives them) to these Gaussians.
     """
     with stage("precision"):
-        precision = stats.precision(options.epsilon, covariance=options.covariance)
+        precision = stats.precision(options.epsilon, covariance=options.covariance, host=host)
     with stage("calibration"):
         squared = stats.squared_distances(
             emb, options.epsilon, held_out=held_out, radius=options.shift_tolerance, grid=grid,
@@ -81,9 +85,12 @@ def finish(state, stats, sample, rng, options, finished=None):
     """
     new = state.replaced(stats, sample, rng)
     layout = new.layout
+    host = None  # on a GPU, the precisions' numpy array, filled while they are computed
     if finished is None:
         emb, held_out = held_out_embedding(layout, sample, new.n, stats.outer.device)
-        finished = finish_positions(stats, emb, options, layout.grid, held_out=held_out)
+        if is_staged(stats.outer.device):
+            host = np.empty(tuple(stats.outer.shape), np.float32)
+        finished = finish_positions(stats, emb, options, layout.grid, held_out=held_out, host=host)
     precision, squared = finished
     with stage("calibration"):
         radius = options.shift_tolerance
@@ -96,5 +103,5 @@ def finish(state, stats, sample, rng, options, finished=None):
         offset = offset_for(calibration, options.contamination)
         peaks = maps.amax(dim=(1, 2)).cpu().numpy()  # float32 on every device (mps has no float64)
         pixel_threshold = fit_pixel_threshold(peaks)
-    new.set_fitted(options, stats.mean(), precision, calibration, offset, pixel_threshold)
+    new.set_fitted(options, stats.mean(), precision, calibration, offset, pixel_threshold, host)
     return new

@@ -31,7 +31,7 @@ from .embedding import random_feature_index
 from .finish import FitOptions, finish
 from .images import check_images
 from .gaussian import BufferedUpdate
-from .memory import OutOfMemoryHint, check_fit_memory
+from .memory import OutOfMemoryHint, check_fit_memory, resolve_batch_size
 from .progress import stage
 from .state import FittedState, check_channels, stats_device
 from .tiles import Tiling, check_tiles, memory_advice, update_width
@@ -159,7 +159,7 @@ def start(est, images, first_size=LOCAL.first_size):
     device = _params.resolve_device(est.device)
     check_backbone_dtype(est.backbone_dtype, device)
     rng = check_random_state(est.random_state)
-    model, _ = build_backbone(est.backbone, est.weights, seed=rng.randint(2**31 - 1))
+    model, _ = build_backbone(est.backbone, est.weights, seed=rng.randint(2**31 - 1), device=device)
     model = model.eval().requires_grad_(False).to(device)
     size = _params.image_size_pair(est.image_size) if est.image_size is not None else first_size(images)
     tiles = None
@@ -246,9 +246,10 @@ def accumulate(state, images, est, draw, *, hint=None):
     sample = state.sample.copy()
     seen = state.n
     take = state.layout.take
+    hint.batch_size = batch_size = resolve_batch_size(est.batch_size, state)  # with the sums allocated
     with torch.inference_mode(), hint:
         updates = BufferedUpdate(stats, width)
-        for emb, sizes, feats in state.embedder.batches(images, est.batch_size, desc="fit", verbose=est.verbose,
+        for emb, sizes, feats in state.embedder.batches(images, batch_size, desc="fit", verbose=est.verbose,
                                                         fitting=True):
             B = len(sizes)  # images (with shared tiles, emb has a column per tile)
             with stage("reservoir"):

@@ -21,6 +21,7 @@ import torch
 from . import lapack
 from .parallel import for_chunks
 from .shifts import offsets, sources, to_patches
+from .transfer import HostSink
 
 # Bytes of float64 matrices per chunk of positions when factorizing: small
 # enough to stay in the caches on a CPU (and for the worker threads' malloc
@@ -94,20 +95,57 @@ def _not_positive_definite(epsilon):
     )
 
 
-def _cholesky_upper(cov, epsilon, openblas, work):
+class _Failures:
+    """Failed Cholesky factorizations of one call: raised at once on a CPU; on another
+    device gathered there and read once, by :meth:`check` (a read per chunk would make
+    the host wait for each chunk's work)."""
+
+    def __init__(self, device, epsilon):
+        self.epsilon = epsilon
+        self.at_once = torch.device(device).type == "cpu"
+        self.any = None
+
+    def add(self, info):
+        """``info`` of ``cholesky_ex`` (positive where a matrix is not positive definite)."""
+        bad = info.max() > 0
+        if self.at_once:
+            if bad:
+                raise _not_positive_definite(self.epsilon)
+        else:
+            self.any = bad if self.any is None else self.any | bad
+
+    def check(self):
+        if self.any is not None and bool(self.any):
+            raise _not_positive_definite(self.epsilon)
+
+
+def _cholesky_upper(cov, epsilon, openblas, work, failures=None):
     """Upper Cholesky factor ``U`` (``cov = U^T U``), reading the upper triangle only:
     through :mod:`.lapack` in place (``openblas``; the lower triangle is then left as it
-    was, and only the upper one is meaningful), else through torch into ``work``."""
+    was, and only the upper one is meaningful), else through torch into ``work``.
+    A matrix that is not positive definite raises a ValueError, or is reported to
+    ``failures`` (a :class:`_Failures`) when given."""
     if openblas:
-        bad = lapack.cholesky_upper_(cov) > 0
-        U = cov
-    else:
-        info = torch.empty(0, dtype=torch.int32, device=work.device)
-        U, info = torch.linalg.cholesky_ex(cov, upper=True, out=(work, info))
-        bad = int(info.max()) > 0
-    if bad:
-        raise _not_positive_definite(epsilon)
+        if lapack.cholesky_upper_(cov) > 0:
+            raise _not_positive_definite(epsilon)
+        return cov
+    info = torch.empty(0, dtype=torch.int32, device=work.device)
+    U, info = torch.linalg.cholesky_ex(cov, upper=True, out=(work, info))
+    if failures is None:
+        failures = _Failures("cpu", epsilon)  # at once
+    failures.add(info)
     return U
+
+
+def _mirror_upper_(m):
+    """(B, d, d) ``m`` with its lower triangle made the mirror of its upper one, in place.
+
+    A saved model keeps the precision's upper triangle, and predictions on
+    the CPU use an exactly symmetric one; torch's CUDA ``cholesky_inverse``
+    need not give one, so its result is made so (a loaded model then
+    predicts exactly as the one that was saved).
+    """
+    return m.copy_(torch.triu(m) + torch.triu(m, 1).mT)
 
 
 class _Scratch:
@@ -226,27 +264,42 @@ class GaussianStats:
         """(P, d) float64."""
         return self.shift.double() + self.total / self.n
 
-    def precision(self, epsilon, dtype=torch.float32, covariance="sample"):
+    def precision(self, epsilon, dtype=torch.float32, covariance="sample", host=None):
         """(P, d, d) inverse of covariance + epsilon * I, via Cholesky, float64 inside
-        (``covariance``: see :func:`_covariance`)."""
+        (``covariance``: see :func:`_covariance`).
+
+        ``host``: a C-contiguous (P, d, d) numpy array of ``dtype`` (statistics on a GPU)
+        that receives the result too, each chunk copied out through pinned memory
+        while the next one is factorized (:class:`~.transfer.HostSink`).
+        """
         P, d = self.shape
+        device = self.outer.device
         # Zero-filled here, by torch's own threads: first-touch page faults taken
         # concurrently by the workers cost several times more.
-        out = torch.zeros(P, d, d, dtype=dtype, device=self.outer.device)
-        openblas = lapack.enabled(self.outer.device)
-        scratch = _Scratch(d, self.outer.device)
+        out = torch.zeros(P, d, d, dtype=dtype, device=device)
+        openblas = lapack.enabled(device)
+        scratch = _Scratch(d, device)
+        failures = _Failures(device, epsilon)
+        sink = None if host is None else HostSink(device)
 
         def invert(a, b):
             cov = scratch.get("cov", b - a).copy_(self.outer[a:b])
             cov = _covariance(cov, self.total[a:b], self.n, epsilon, covariance)
             work = scratch.get("work", b - a)
-            U = _cholesky_upper(cov, epsilon, openblas, work)
+            U = _cholesky_upper(cov, epsilon, openblas, work, failures)
             if openblas:
                 out[a:b] = lapack.cholesky_inverse_(U, work)
             else:
                 out[a:b] = torch.cholesky_inverse(U, upper=True, out=cov)
+            if device.type != "cpu":
+                _mirror_upper_(out[a:b])
+            if sink is not None:
+                sink.put(host[a:b], out[a:b])
 
-        for_chunks(P, _chunk_size(d, self.outer.device), self.outer.device, invert)
+        for_chunks(P, _chunk_size(d, device), device, invert)
+        failures.check()
+        if sink is not None:
+            sink.finish()
         return out
 
     def squared_distances(self, emb, epsilon, *, held_out=False, radius=0, grid=None, first=0,
@@ -276,6 +329,7 @@ class GaussianStats:
         outs = [torch.empty(P, B, dtype=torch.float64, device=emb.device) for _ in steps]
         openblas = lapack.enabled(emb.device)
         scratch = _Scratch(d, emb.device)
+        failures = _Failures(emb.device, epsilon)
 
         def score(a, b):
             shift = self.shift[a:b, :, None].double()
@@ -285,7 +339,7 @@ class GaussianStats:
                 outer.baddbmm_(y, y.mT, alpha=-1.0)
                 total = total - y.sum(-1)
             cov = _covariance(outer, total, n, epsilon, covariance)
-            U = _cholesky_upper(cov, epsilon, openblas, scratch.get("work", b - a))
+            U = _cholesky_upper(cov, epsilon, openblas, scratch.get("work", b - a), failures)
             for step, out in zip(steps, outs):
                 if step != (0, 0):  # the patches of the neighbours that this Gaussian meets
                     y = emb[sources(first + a, first + b, grid, step, emb.device)[0]].double() - shift
@@ -297,6 +351,7 @@ class GaussianStats:
                 out[a:b] = z.square().sum(1)
 
         for_chunks(P, _chunk_size(d, emb.device), emb.device, score)
+        failures.check()
         return outs
 
     def distances_of(self, emb, epsilon, held_out=False, radius=0, grid=None, covariance="sample"):

@@ -2,7 +2,9 @@
 
 Validation and decoding are torch-free (:mod:`skpadim._images`, shared with
 the deployment runtime); this module turns decoded batches into tensors on
-the detector's device and resizes them (bilinear, antialiased).
+the detector's device and resizes them (bilinear, antialiased). The images
+reach the device as they are (uint8 stays uint8, :mod:`.transfer`), and are
+converted to float there.
 """
 
 import numpy as np
@@ -10,19 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from .._images import ImageSet, check_images
+from .transfer import host_tensor
 
-__all__ = ["ImageSet", "check_images", "resize", "tensor_batch", "tensor_batches", "to_tensor"]
+__all__ = ["ImageSet", "check_images", "float_batch", "resize", "tensor_batch", "tensor_batches",
+           "to_float", "to_tensor"]
 
-_TORCH_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
-
-def to_tensor(arr, device):
-    """(..., H, W, C) uint8/float numpy -> (..., 3, H, W) float32 in [0, 1]."""
-    if arr.dtype != np.uint8 and (arr.dtype not in _TORCH_FLOATS or not arr.dtype.isnative):
-        arr = arr.astype(np.float32)  # long double, big-endian: torch reads neither
-    elif not arr.flags.writeable:  # decoded files, read-only memory maps
-        arr = np.array(arr)
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+def to_float(t):
+    """(..., H, W, C) uint8/float tensor -> (..., 3, H, W) float32 in [0, 1], on its device."""
     if t.dtype == torch.uint8:
         t = t.to(torch.float32).div_(255.0)
     else:
@@ -36,6 +33,11 @@ def to_tensor(arr, device):
     return t
 
 
+def to_tensor(arr, device):
+    """(..., H, W, C) uint8/float numpy -> (..., 3, H, W) float32 in [0, 1] on ``device``."""
+    return to_float(host_tensor(arr).to(device))
+
+
 def resize(t, size):
     """Bilinear (antialiased) resize of (N, C, H, W) to ``size``; no-op if equal."""
     if tuple(t.shape[-2:]) == tuple(size):
@@ -43,16 +45,25 @@ def resize(t, size):
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def float_batch(raw, size):
+    """A batch of images already on the device, as :class:`~.transfer.Staging` gives it (a
+    (B, H, W, C) tensor, or a list of (H, W, C) tensors of the input's dtype), as a float32
+    tensor (B, 3, h, w) in [0, 1] resized to ``size`` (None: as they are, all of one size)."""
+    if torch.is_tensor(raw):
+        t = to_float(raw)
+        return t if size is None else resize(t, size)
+    if size is None:
+        return torch.cat([to_float(im)[None] for im in raw])
+    return torch.cat([resize(to_float(im)[None], size) for im in raw])
+
+
 def tensor_batch(imgs, size, device):
     """One batch of :meth:`~skpadim._images.ImageSet.host_batches` as a float32 tensor
     (B, 3, h, w) in [0, 1] on ``device``, resized to ``size`` (None: as they are, all of
     one size)."""
     if isinstance(imgs, np.ndarray):
-        t = to_tensor(imgs, device)
-        return t if size is None else resize(t, size)
-    if size is None:
-        return torch.cat([to_tensor(im, device)[None] for im in imgs])
-    return torch.cat([resize(to_tensor(im, device)[None], size) for im in imgs])
+        return float_batch(host_tensor(imgs).to(device), size)
+    return float_batch([host_tensor(im).to(device) for im in imgs], size)
 
 
 def tensor_batches(images, batch_size, size, device):

@@ -13,6 +13,12 @@ already counted as used.
 where the memory ran out: in a batch of images (a smaller ``batch_size``
 helps) or at the end of a fit (it does not: the per-position matrices do
 not depend on it).
+
+:func:`resolve_batch_size` turns ``batch_size="auto"`` into images per
+batch: :data:`AUTO_BATCH` on a CPU, and on a CUDA GPU the largest power of
+two up to :data:`AUTO_BATCH_MAX` whose working memory (:func:`batch_bytes`)
+stays within :data:`AUTO_BATCH_SHARE` of the memory available and within
+:data:`AUTO_BATCH_BYTES`.
 """
 
 import contextlib
@@ -51,6 +57,54 @@ def available_bytes(device):
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+#: ``batch_size="auto"`` on a CPU (and MPS): fit is flat from 8 to 32 images per batch and
+#: score_samples fastest at 32 (docs/benchmarks.md, "Batch size").
+AUTO_BATCH = 32
+#: ``batch_size="auto"`` on a CUDA GPU: at most this many images (tiles) per batch ...
+AUTO_BATCH_MAX = 256
+#: ... whose estimated working memory takes at most this share of the memory available ...
+AUTO_BATCH_SHARE = 0.25
+#: ... and at most this many bytes: a large embedding (wide_resnet50_2 / 550 channels at
+#: 224 px: 64 images) leaves the device's memory to the statistics, which need it more.
+AUTO_BATCH_BYTES = 8 << 30
+
+
+def batch_bytes(state):
+    """Estimated device bytes of one image (one tile, with tiles) while its batch is processed.
+
+    The input (uint8, float, normalized), the tapped layers' outputs times
+    eight (a margin for the backbone's intermediate activations: counted
+    layer by layer, the tensors alive at once in resnet18 and wide_resnet50_2
+    up to layer3 add up to at most about 3.5 times those outputs), the
+    embedding three times (the buffer, the centered copy and the product with
+    the precision) and the map four times (distances upsampled, smoothed,
+    resized, scored).
+    """
+    layout = state.layout
+    H, W = layout.tiling.size if layout.tiling is not None else layout.image_size
+    layers = sum(c * h * w for c, h, w in state.spec["shapes"])
+    return 4 * (3 * 3 * H * W + 8 * layers + 3 * layout.patches.n_positions * state.shape[1] + 4 * H * W)
+
+
+def auto_batch_size(device, per_image_bytes, available=None):
+    """Images per batch for ``batch_size="auto"`` on ``device`` (see the module docstring);
+    ``available``: the free bytes to assume (None: :func:`available_bytes`)."""
+    if torch.device(device).type != "cuda":
+        return AUTO_BATCH
+    available = available_bytes(device) if available is None else available
+    budget = min(AUTO_BATCH_SHARE * available, AUTO_BATCH_BYTES)
+    fits = int(budget // max(1, per_image_bytes))
+    return 1 << (max(1, min(AUTO_BATCH_MAX, fits)).bit_length() - 1)
+
+
+def resolve_batch_size(batch_size, state):
+    """The images (tiles) per batch of a call: ``batch_size`` itself, or for ``"auto"`` the
+    :func:`auto_batch_size` of ``state``'s device and :func:`batch_bytes`, read now."""
+    if isinstance(batch_size, str):  # "auto" (validated)
+        return auto_batch_size(state.device, batch_bytes(state))
+    return int(batch_size)
 
 
 def fit_call_bytes(n_positions, n_features, sample_item_bytes, width=BufferedUpdate.WIDTH):
@@ -113,7 +167,8 @@ class OutOfMemoryHint:
 
     ``stage`` says where the work is: ``"batch"`` (a batch of images through
     the backbone, the embedding, the distances or the maps) or ``"end"``
-    (the end of a fit: precision and calibration).
+    (the end of a fit: precision and calibration). ``batch_size`` is the
+    parameter; set the attribute to the images per batch once they are known.
     """
 
     def __init__(self, device, batch_size, image_size, n_features):
@@ -144,10 +199,12 @@ class OutOfMemoryHint:
                 f"does not change this memory; lower n_features or image_size{elsewhere}."
             )
         else:
+            auto = isinstance(self.batch_size, str)  # "auto", not yet resolved
+            batch = 2 * AUTO_BATCH if auto else int(self.batch_size)
             advice = (
-                f"while processing a batch of batch_size={self.batch_size} images "
+                f"while processing a batch of batch_size={self.batch_size if auto else batch!r} images "
                 f"(image_size={self.image_size!r}, n_features={self.n_features}). Use a "
-                f"smaller batch_size, e.g. batch_size={max(1, self.batch_size // 2)}; if even "
+                f"smaller batch_size, e.g. batch_size={max(1, batch // 2)}; if even "
                 "batch_size=1 fails, lower image_size or n_features."
             )
         raise DeviceOutOfMemoryError(f"Out of memory on {self.device} {advice} ({first})") from exc

@@ -113,7 +113,7 @@ CONSTRAINTS = {
         None,
         _Check(_norm_pair, "a (mean, std) pair of 3 finite floats each, std > 0"),
     ],
-    "batch_size": [_Ints(numbers.Integral, 1, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), _Ints(numbers.Integral, 1, None, closed="left")],
     "device": [_Check(_device, "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device")],
     "random_state": ["random_state"],
     "verbose": ["verbose"],

@@ -169,15 +169,18 @@ class FittedState:
         sample = self.sample.merged(other.sample, id_offset=self.n)
         return self.replaced(stats, sample, copy.deepcopy(self.rng))
 
-    def set_fitted(self, options, mean, precision, calibration, offset, pixel_threshold):
+    def set_fitted(self, options, mean, precision, calibration, offset, pixel_threshold, host_precision=None):
         """What the end of a fit (:func:`~.finish.finish`) derived, with the options it used:
         ``mean`` (P, d) and ``precision`` (P, d, d) tensors, the calibration scores (k,),
-        the offset they give for ``options.contamination``, the label-free pixel threshold."""
+        the offset they give for ``options.contamination``, the label-free pixel threshold;
+        ``host_precision``: ``precision``'s values in a numpy array already (None: copied
+        here). The device copy predictions use is ``precision`` itself where it is on the
+        device."""
         self.epsilon, self.sigma = options.epsilon, options.sigma
         self.image_score, self.shift_tolerance = options.image_score, options.shift_tolerance
         self.covariance = options.covariance
         self.mean = mean.cpu().numpy()
-        self.precision = precision.cpu().numpy()
+        self.precision = precision.cpu().numpy() if host_precision is None else host_precision
         self.calibration = calibration
         self._to_device(precision)
         self.offset, self.contamination = float(offset), options.contamination
