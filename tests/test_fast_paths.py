@@ -142,7 +142,7 @@ def test_folded_batchnorm_equals_the_module_itself(data, tmp_path, monkeypatch):
     assert emb.folded == 15  # stem, 4 in layer1, 5 each in layer2 and layer3 (downsampling)
     assert emb.runs_copy and isinstance(det.backbone_.bn1, nn.BatchNorm2d)
     for k, v in det.backbone_.state_dict().items():  # the exposed module is not folded
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+        torch.testing.assert_close(v.cpu(), before[k], rtol=0, atol=0)
     monkeypatch.setattr(embedder_module, "FOLD_BATCHNORM", False)
     ref = _fit(X, **kw)
     assert ref._state.embedder.folded == 0

@@ -55,7 +55,11 @@ def _assert_same_sample(a, b):
     np.testing.assert_array_equal(a.ids, b.ids)
     assert len(a.items) == len(b.items)
     for x, y in zip(a.items, b.items):
-        assert all(torch.equal(s, t) for s, t in zip(x, y))
+        for s, t in zip(x, y):
+            if s.device.type == "cpu":  # the same image's features, whatever batch it came in
+                assert torch.equal(s, t)
+            else:  # a GPU's convolutions may depend on the batch they run in (cuDNN's choice)
+                torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("route", list(ROUTES))

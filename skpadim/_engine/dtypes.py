@@ -36,8 +36,8 @@ def native(name, device):
     device = torch.device(device)
     if dtype is None:
         return True
-    if device.type == "cpu":
-        return _cpu_native(dtype)
+    if device.type == "cpu":  # float16 is refused on a CPU (check_backbone_dtype), whatever oneDNN has
+        return dtype == torch.bfloat16 and _cpu_native(dtype)
     if device.type == "cuda":
         return dtype == torch.float16 or torch.cuda.is_bf16_supported()
     return dtype == torch.float16  # MPS
