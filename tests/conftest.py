@@ -55,7 +55,9 @@ def full_float32_on_cuda():
     cuDNN runs float32 convolutions in TF32 by default (about 1e-3 relative),
     which the CPU references and tolerances of the suite were not made for;
     the library leaves the setting as it finds it, and benchmarks/gpu_check.py
-    measures the default. Restored at the end.
+    measures the default. Restored at the end. The command-line tests' subprocesses
+    (which run on the GPU too, ``device="auto"``) get ``NVIDIA_TF32_OVERRIDE=0``,
+    the CUDA libraries' own switch, so that their scores compare with this process's.
     """
     if not SMALL["device"].startswith("cuda"):
         yield
@@ -64,10 +66,16 @@ def full_float32_on_cuda():
 
     before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
     try:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+        if override is None:
+            os.environ.pop("NVIDIA_TF32_OVERRIDE", None)
+        else:
+            os.environ["NVIDIA_TF32_OVERRIDE"] = override
 
 
 def textured(n, size=32, seed=0, channels=3):
