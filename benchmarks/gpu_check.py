@@ -62,7 +62,6 @@ from skpadim import PadimDetector
 from skpadim._engine.dtypes import autocast, native, precast
 from skpadim._engine.embedder import CHANNELS_LAST, PRECAST
 from skpadim._engine.fold import fold_batchnorm
-from skpadim._engine.memory import resolve_batch_size
 from skpadim.datasets import make_anomaly_images
 
 import anomalib_adapter
@@ -224,7 +223,7 @@ def throughput(report, key, X_fit, X_pred, size, device, dtypes, args, have_anom
         det = PadimDetector(**_params(model, size, device, dtype, args.batch_size))
         det.fit(X_fit[: max(8, len(X_fit) // 8)])  # warm-up: weights, kernels, buffers
         det.predict(X_pred[:8])
-        batch = resolve_batch_size(det.batch_size, det._state)
+        batch = det.batch_size_
         ext, fmt = bare_extractor(det, device)
         on_device = torch.from_numpy(X_fit).to(device)
         bare_backbone(ext, fmt, X_fit[: 2 * batch], batch, device, dtype)
@@ -311,7 +310,7 @@ def wide(report, X, X_test, size, device, args, have_anomalib):
         ours.append(_skpadim(X, X_test, size, device, batch=args.batch_size, model=model))
         peaks["skpadim"].append(_peak_gib(device))
         det = ours[-1][4]
-        batch = resolve_batch_size(det.batch_size, det._state)
+        batch = det.batch_size_
         if r == 0:
             ext, fmt = bare_extractor(det, device)
             bare_backbone(ext, fmt, X[: 2 * batch], batch, device, "float32")
@@ -358,7 +357,7 @@ def huge(report, X, size, device, args):
     P = det.feature_map_shape_[0] * det.feature_map_shape_[1]
     theirs = len(X) * P * model[1] * 4 / GIB  # anomalib's embeddings, kept until its fit
     total = torch.cuda.get_device_properties(device).total_memory / GIB if device.type == "cuda" else None
-    rows = [[f"skpadim fit (batch {resolve_batch_size(det.batch_size, det._state)})", f"{len(X):,}",
+    rows = [[f"skpadim fit (batch {det.batch_size_})", f"{len(X):,}",
              f"{secs:.1f}", f"{len(X) / secs:,.0f}", "-" if peak is None else f"{peak:.1f}"],
             ["anomalib fit: its embeddings alone", f"{len(X):,}", "-", "-",
              f"{theirs:.1f}" + ("" if total is None else f" (> {total:.0f} on this device)" if theirs > total
@@ -426,7 +425,7 @@ def main(argv=None):
             elif have_anomalib:
                 det = ours[-1][4] if ours else cpu[4]
                 theirs.append(_anomalib(X, X_test, size, device, cpu[4],
-                                        resolve_batch_size(det.batch_size, det._state)))
+                                        det.batch_size_))
     reduced = []
     for dtype in ("float16", "bfloat16"):
         if native(dtype, device) or (device.type == "cpu" and dtype == "bfloat16"):
@@ -434,7 +433,7 @@ def main(argv=None):
             reduced.append((dtype, _skpadim(X, X_test, size, device, dtype, args.batch_size)))
 
     n, m = args.n_train, args.n_test
-    batch = resolve_batch_size(ours[0][4].batch_size, ours[0][4]._state)
+    batch = ours[0][4].batch_size_
     rows = [_speed_row(f"skpadim on {device}", ours, n, m, theirs or None)]
     rows.append(_speed_row(f"anomalib on {device}", theirs, n, m) if theirs else
                 [f"anomalib on {device}", "not installed", "-", "-", "-", "-", "-"])

@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _regions
 from ._engine import fitting, inference
+from ._engine.memory import resolve_batch_size
 from ._engine import params as _params
 from ._engine.images import check_images
 from ._engine.progress import progress_bar as _progress_bar  # noqa: F401  (the command line's)
@@ -171,6 +172,10 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         by the fit.
     device_ : torch.device
         Where the computation runs.
+    batch_size_ : int
+        The images (tiles) per batch a call would use now: ``batch_size``,
+        or what ``'auto'`` resolves to on this device with the memory free
+        at this moment (read-only; each call resolves it anew).
     fitted_params_ : dict
         The parameters as the fit fixed them, resolved: ``image_size`` (the
         training images' own with ``image_size=None``), ``normalize``,
@@ -300,6 +305,12 @@ class PadimDetector(OutlierMixin, BaseEstimator):
         if isinstance(value, bool) or not (isinstance(value, numbers.Real) and np.isfinite(value)):
             raise ValueError(f"offset_ must be a finite float, got {value!r}.")
         state.offset = float(value)
+
+    @property
+    def batch_size_(self):
+        """The images (tiles) per batch a call would use now (``batch_size`` resolved)."""
+        self._validate_params()
+        return resolve_batch_size(self.batch_size, _fitted_state(self))
 
     @property
     def pixel_threshold_(self):

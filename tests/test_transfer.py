@@ -212,9 +212,10 @@ def test_batch_size_auto_is_the_default_and_32_on_a_cpu(data):
     assert PadimDetector().batch_size == "auto"
     auto = PadimDetector(**{**CPU, "batch_size": "auto"}).fit(X)
     fixed = PadimDetector(**{**CPU, "batch_size": 32}).fit(X)
-    assert memory.resolve_batch_size("auto", auto._state) == 32
+    assert memory.resolve_batch_size("auto", auto._state) == auto.batch_size_ == 32
     np.testing.assert_array_equal(auto.precision_, fixed.precision_)
     np.testing.assert_array_equal(auto.anomaly_map(X_test), fixed.anomaly_map(X_test))
+    assert fixed.set_params(batch_size=5).batch_size_ == 5  # what the next call uses
 
 
 @pytest.mark.parametrize("value", ["big", "Auto", 0, 2.5, True, None])
