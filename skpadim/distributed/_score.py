@@ -79,19 +79,7 @@ def score_samples(detector, X, *, client=None, partition_size=None):
         In the order of ``X``; lower = more abnormal. A file that cannot be
         read raises :class:`~skpadim.exceptions.UnreadableImageError` naming it.
     """
-    client = get_client(client)
-    paths = image_paths(X)
-    parts = partition_bounds(len(paths), partition_size, client)
-    name = f"skpadim-score-{uuid.uuid4().hex[:12]}"
-    with scattered(detector, client) as model:
-        futures = []
-        try:
-            futures = [client.submit(score_partition, model, paths[a:b], key=(name, k))
-                       for k, (a, b) in enumerate(parts)]
-            return np.concatenate(client.gather(futures))
-        finally:
-            for fut in futures:
-                fut.release()
+    return np.concatenate(_on_partitions(score_partition, detector, X, client, partition_size, "score"))
 
 
 def regions_partition(detector, paths):
@@ -125,16 +113,21 @@ def defect_regions(detector, X, *, client=None, partition_size=None):
         :class:`~skpadim.exceptions.UnreadableImageError` naming it
         (:func:`score_files` with ``with_regions=True`` goes on instead).
     """
+    parts = _on_partitions(regions_partition, detector, X, client, partition_size, "regions")
+    return [regions for part in parts for regions in part]
+
+
+def _on_partitions(fn, detector, X, client, partition_size, what):
+    """``[fn(detector, paths) for each partition of X]``, computed on the workers, in order."""
     client = get_client(client)
     paths = image_paths(X)
     parts = partition_bounds(len(paths), partition_size, client)
-    name = f"skpadim-regions-{uuid.uuid4().hex[:12]}"
+    name = f"skpadim-{what}-{uuid.uuid4().hex[:12]}"
     with scattered(detector, client) as model:
         futures = []
         try:
-            futures = [client.submit(regions_partition, model, paths[a:b], key=(name, k))
-                       for k, (a, b) in enumerate(parts)]
-            return [regions for part in client.gather(futures) for regions in part]
+            futures = [client.submit(fn, model, paths[a:b], key=(name, k)) for k, (a, b) in enumerate(parts)]
+            return client.gather(futures)
         finally:
             for fut in futures:
                 fut.release()
