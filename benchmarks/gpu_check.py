@@ -1,6 +1,6 @@
 """One short check on a GPU: skpadim against its own backbone and anomalib there, and CPU/GPU parity.
 
-Meant to be the single command run on a lent GPU machine. It needs no data
+Meant to be the single command run on a GPU machine. It needs no data
 set: the images are generated (``make_anomaly_images``, normal and
 defective, with masks); the larger sets of the throughput runs are those
 images, their mirror images and their half-turns, repeated (the work per

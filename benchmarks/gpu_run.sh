@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one run for a lent GPU machine, in at most 8 minutes on an H200: benchmarks/gpu_check.py
+# The one run for a GPU machine, in at most 8 minutes on an H200: benchmarks/gpu_check.py
 # (400/200 and 2,000 images, resnet18/100 in float32/float16/bfloat16 against the bare backbone
 # and anomalib, wide_resnet50_2/550, one 20,000-image fit), then the test suite with the shared
 # settings on CUDA. Everything goes under $OUT (at most seven files); a short summary prints last.
