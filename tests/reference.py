@@ -12,10 +12,20 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 
+def input_batches(images, batch_size, size):
+    """``(x, sizes)``: the batches of an ImageSet as the detector's forward pass gets them on
+    the CPU (decoded host batches, converted to float32 in [0, 1] and resized to ``size``)."""
+    from skpadim._engine.images import float_batch
+    from skpadim._engine.transfer import host_tensor
+
+    for imgs, sizes in images.host_batches(batch_size):
+        raw = host_tensor(imgs) if isinstance(imgs, np.ndarray) else [host_tensor(im) for im in imgs]
+        yield float_batch(raw, size), sizes
+
+
 def preprocessed(det, X):
     """The detector's own preprocessing (resize + normalization), float64 numpy."""
-    from skpadim._engine.images import check_images, tensor_batches
-
+    from skpadim._engine.images import check_images
     from skpadim._engine.params import image_size_pair, normalization
 
     images = check_images(X)
@@ -23,7 +33,7 @@ def preprocessed(det, X):
     mean = torch.tensor(norm[0]).view(1, 3, 1, 1)
     std = torch.tensor(norm[1]).view(1, 3, 1, 1)
     size = image_size_pair(det.image_size)
-    return torch.cat([(x - mean) / std for x, _ in tensor_batches(images, 7, size, "cpu")])
+    return torch.cat([(x - mean) / std for x, _ in input_batches(images, 7, size)])
 
 
 def window_mean(f, k):

@@ -13,9 +13,9 @@ from torch import nn
 
 from skpadim import PadimDetector
 from skpadim._images import ImageSet, check_images
-from skpadim._engine.images import tensor_batches
 
 from conftest import SMALL, textured
+from reference import input_batches
 
 X = textured(6)
 F = X / 255.0
@@ -345,7 +345,7 @@ def test_check_images_accepts_exactly_the_documented_arrays(a):
         return
     assert _documented_valid(a), f"accepted an invalid array {a.dtype} {a.shape}"
     assert isinstance(images, ImageSet) and len(images) == a.shape[0]
-    x, sizes = next(tensor_batches(images, 2, (4, 4), "cpu"))
+    x, sizes = next(input_batches(images, 2, (4, 4)))
     assert x.dtype == torch.float32 and x.shape == (min(2, len(a)), 3, 4, 4)
     assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
     assert sizes[0] == a.shape[1:3]

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from .._images import ImageSet, check_images
 from .transfer import host_tensor
 
-__all__ = ["ImageSet", "check_images", "float_batch", "resize", "tensor_batch", "tensor_batches",
-           "to_float", "to_tensor"]
+__all__ = ["ImageSet", "check_images", "float_batch", "resize", "to_float"]
 
 
 def to_float(t):
@@ -31,11 +30,6 @@ def to_float(t):
     elif c == 4:
         t = t[..., :3, :, :]
     return t
-
-
-def to_tensor(arr, device):
-    """(..., H, W, C) uint8/float numpy -> (..., 3, H, W) float32 in [0, 1] on ``device``."""
-    return to_float(host_tensor(arr).to(device))
 
 
 def resize(t, size):
@@ -55,23 +49,3 @@ def float_batch(raw, size):
     if size is None:
         return torch.cat([to_float(im)[None] for im in raw])
     return torch.cat([resize(to_float(im)[None], size) for im in raw])
-
-
-def tensor_batch(imgs, size, device):
-    """One batch of :meth:`~skpadim._images.ImageSet.host_batches` as a float32 tensor
-    (B, 3, h, w) in [0, 1] on ``device``, resized to ``size`` (None: as they are, all of
-    one size)."""
-    if isinstance(imgs, np.ndarray):
-        return float_batch(host_tensor(imgs).to(device), size)
-    return float_batch([host_tensor(im).to(device) for im in imgs], size)
-
-
-def tensor_batches(images, batch_size, size, device):
-    """Yield ``(x, sizes)`` for an :class:`~skpadim._images.ImageSet`.
-
-    ``x`` is a float32 tensor (B, 3, h, w) in [0, 1] resized to ``size`` on
-    ``device``; ``sizes`` holds the original (H, W) of each image (the
-    batches of :meth:`~skpadim._images.ImageSet.host_batches`).
-    """
-    for imgs, sizes in images.host_batches(batch_size):
-        yield tensor_batch(imgs, size, device), sizes
